@@ -1,0 +1,3 @@
+from interference.cli import main
+
+raise SystemExit(main())

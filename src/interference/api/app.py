@@ -1,0 +1,56 @@
+"""The application factory: ``create_app(settings)`` builds everything from one config object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..config import Settings
+from ..router import Route, Router
+from .auth import ApiKeyMiddleware
+from .errors import install_error_handlers
+from .routes import api_router, health_router
+from .state import AppState
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, routes: list[Route] | None = None) -> FastAPI:
+    """Build the app; loads local models now (so start-up errors surface before serving)."""
+    if routes is None:
+        from ..providers.factory import build_routes
+
+        routes = build_routes(settings)
+    router = Router(routes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for provider in router.providers:
+            await provider.start()
+        try:
+            yield
+        finally:
+            for provider in router.providers:
+                await provider.aclose()
+
+    app = FastAPI(
+        title="interference",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.interference = AppState.build(router)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(api_router, prefix="/v1")
+    app.include_router(api_router)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    return app

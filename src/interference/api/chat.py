@@ -1,0 +1,83 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..protocol import ChatCompletionRequest, new_id
+from ..providers.base import Delta, TokenUsage
+from ..router import Router
+from . import sse
+from .serving import fold, open_stream, sse_frames, usage_dict
+
+__all__ = ["ChatServing"]
+
+
+class ChatServing:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def create(self, request: ChatCompletionRequest) -> Response:
+        first, stream = await open_stream(self._router.chat(request))
+        cid, created, model = new_id("chatcmpl"), int(time.time()), request.model
+        if not request.stream:
+            folded = await fold(first, stream)
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": folded.text(i)},
+                    "logprobs": None,
+                    "finish_reason": folded.finish.get(i),
+                }
+                for i in folded.indices
+            ]
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": choices,
+                    "usage": usage_dict(folded.usage),
+                    "system_fingerprint": None,
+                }
+            )
+
+        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": choices,
+            }
+
+        def chunks(delta: Delta) -> list[dict[str, Any]]:
+            out = []
+            if delta.text:
+                choice = {"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
+                          "finish_reason": None}
+                out.append(envelope([choice]))
+            if delta.finish_reason is not None:
+                # The finish goes in a chunk of its own with an empty delta, as OpenAI sends it.
+                choice = {"index": delta.index, "delta": {}, "logprobs": None,
+                          "finish_reason": delta.finish_reason}
+                out.append(envelope([choice]))
+            return out
+
+        def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
+            return {**envelope([]), "usage": usage_dict(usage)}
+
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        frames = sse_frames(
+            first,
+            stream,
+            chunks=chunks,
+            opening=envelope([role]),
+            usage_chunk=usage_chunk if request.include_usage else None,
+        )
+        return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -1,0 +1,65 @@
+"""POST /v1/completions (the legacy text completion endpoint)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..protocol import CompletionRequest, new_id
+from ..providers.base import Delta, TokenUsage
+from ..router import Router
+from . import sse
+from .serving import fold, open_stream, sse_frames, usage_dict
+
+__all__ = ["CompletionServing"]
+
+
+class CompletionServing:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def create(self, request: CompletionRequest) -> Response:
+        first, stream = await open_stream(self._router.complete(request))
+        cid, created, model = new_id("cmpl"), int(time.time()), request.model
+
+        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": choices,
+            }
+
+        if not request.stream:
+            folded = await fold(first, stream)
+            body = envelope(
+                [
+                    {"text": folded.text(i), "index": i, "logprobs": None, "finish_reason": folded.finish.get(i)}
+                    for i in folded.indices
+                ]
+            )
+            body["usage"] = usage_dict(folded.usage)
+            return JSONResponse(body)
+
+        def chunks(delta: Delta) -> list[dict[str, Any]]:
+            if not delta.text and delta.finish_reason is None:
+                return []
+            choice = {"text": delta.text, "index": delta.index, "logprobs": None,
+                      "finish_reason": delta.finish_reason}
+            return [envelope([choice])]
+
+        def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
+            return {**envelope([]), "usage": usage_dict(usage)}
+
+        frames = sse_frames(
+            first,
+            stream,
+            chunks=chunks,
+            opening=None,
+            usage_chunk=usage_chunk if request.include_usage else None,
+        )
+        return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -1,0 +1,67 @@
+"""HTTP routes: thin handlers that parse, delegate to a serving object and return its response.
+
+The router is mounted twice, under ``/v1`` and at the root, because older clients set their base URL
+without ``/v1``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse, Response
+
+from ..protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from .cancellation import with_cancellation
+from .errors import validation_error
+from .state import AppState
+
+__all__ = ["api_router", "health_router"]
+
+M = TypeVar("M", bound=BaseModel)
+
+api_router = APIRouter()
+health_router = APIRouter()
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.interference
+    return state
+
+
+@api_router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await _parse(request, ChatCompletionRequest)
+    return await with_cancellation(request, _state(request).chat.create(body))
+
+
+@api_router.post("/completions")
+async def completions(request: Request) -> Response:
+    body = await _parse(request, CompletionRequest)
+    return await with_cancellation(request, _state(request).completions.create(body))
+
+
+@api_router.get("/models")
+async def list_models(request: Request) -> Response:
+    return JSONResponse(ModelList(data=_state(request).router.cards()).model_dump())
+
+
+@api_router.get("/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    return JSONResponse(_state(request).router.card(model_id).model_dump())
+
+
+@health_router.get("/health")
+async def health(request: Request) -> Response:
+    state = _state(request)
+    healthy = all(p.is_healthy() for p in state.router.providers)
+    return JSONResponse({"status": "ok" if healthy else "degraded"}, status_code=200 if healthy else 503)

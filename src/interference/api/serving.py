@@ -1,0 +1,128 @@
+"""What chat and text completions share: opening a delta stream, folding it, framing it as SSE."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InterferenceError
+from ..providers.base import Delta, TokenUsage
+from . import sse
+from .errors import error_body
+
+__all__ = ["Folded", "open_stream", "sse_frames", "usage_dict"]
+
+logger = logging.getLogger(__name__)
+
+
+async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
+    """Wait for the first delta, so validation, routing and admission errors surface before any byte."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return None, stream
+    except BaseException:
+        await _aclose(stream)
+        raise
+    return first, stream
+
+
+async def _aclose(stream: AsyncIterator[Delta]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    if first is not None:
+        yield first
+    async for delta in stream:
+        yield delta
+
+
+def usage_dict(usage: TokenUsage | None) -> dict[str, Any]:
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+@dataclass(slots=True)
+class Folded:
+    """A whole stream folded into one answer per choice."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    finish: dict[int, str | None] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def text(self, index: int) -> str:
+        return "".join(self.texts.get(index, []))
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(self.texts.keys() | self.finish.keys()) or [0]
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
+    out = Folded()
+    try:
+        async for delta in iter_all(first, stream):
+            if delta.text:
+                out.texts.setdefault(delta.index, []).append(delta.text)
+            if delta.finish_reason is not None:
+                out.finish[delta.index] = delta.finish_reason
+            if delta.usage is not None:
+                # Choices of one request share the prompt; their completions add up.
+                out.prompt_tokens = delta.usage.prompt_tokens
+                out.cached_tokens = delta.usage.cached_tokens
+                out.completion_tokens += delta.usage.completion_tokens
+    finally:
+        await _aclose(stream)
+    return out
+
+
+async def sse_frames(
+    first: Delta | None,
+    stream: AsyncIterator[Delta],
+    *,
+    chunks: Callable[[Delta], list[dict[str, Any]]],
+    opening: dict[str, Any] | None,
+    usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+) -> AsyncIterator[bytes]:
+    """Frame deltas as SSE: opening chunk, one chunk per delta, usage chunk, then ``[DONE]``.
+
+    A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``.
+    """
+    prompt = completion = cached = 0
+    try:
+        if opening is not None:
+            yield sse.encode(opening)
+        async for delta in iter_all(first, stream):
+            for payload in chunks(delta):
+                yield sse.encode(payload)
+            if delta.usage is not None:
+                prompt, cached = delta.usage.prompt_tokens, delta.usage.cached_tokens
+                completion += delta.usage.completion_tokens
+        if usage_chunk is not None:
+            yield sse.encode(usage_chunk(TokenUsage(prompt, completion, cached)))
+    except InterferenceError as exc:
+        logger.warning("stream failed after it started: %r", exc)
+        yield sse.encode(error_body(exc).model_dump())
+    except Exception:
+        logger.exception("stream failed after it started")
+        yield sse.encode(error_body(InterferenceError("The server had an error while streaming.")).model_dump())
+    finally:
+        await _aclose(stream)
+    yield sse.DONE

@@ -1,0 +1,22 @@
+"""What the app holds while it runs: built once by ``create_app``, read by the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..router import Router
+from .chat import ChatServing
+from .completions import CompletionServing
+
+__all__ = ["AppState"]
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    router: Router
+    chat: ChatServing
+    completions: CompletionServing
+
+    @classmethod
+    def build(cls, router: Router) -> AppState:
+        return cls(router=router, chat=ChatServing(router), completions=CompletionServing(router))

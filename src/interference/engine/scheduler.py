@@ -1,0 +1,302 @@
+"""Continuous batching: one thread owns the llama.cpp context and decodes every active sequence per step.
+
+Requests wait in a bounded FIFO. Between steps the scheduler admits waiting requests into free slots
+(reusing the longest cached prefix), reaps aborted or timed-out ones, then builds one ``llama_batch``:
+one decode token per generating sequence first, then prompt chunks within the prefill budget, and
+runs one ``llama_decode``. Outputs go back to asyncio through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ._llama import LlamaRuntime
+from .detok import IncrementalDetokenizer, StopMatcher
+from .handle import HandleState, QueueFull, RequestHandle, WaitQueue
+from .prefix import SlotView, pick_slot
+from .sampling import Sampler
+from .types import EngineOutput, EngineRequest, FinishReason
+
+__all__ = ["EngineStats", "QueueFull", "RequestHandle", "Scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Phase(enum.Enum):
+    PREFILL = "prefill"
+    GENERATE = "generate"
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    handle: RequestHandle
+    sampler: Sampler
+    n_cached: int
+    cursor: int  # next prompt index to evaluate
+    phase: _Phase = _Phase.PREFILL
+    detok: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
+    pending: int = -1  # sampled token not yet decoded
+    row: int = -1  # batch row holding this job's logits in the current step
+    n_generated: int = 0
+    added: int = 0  # tokens this job put in the current batch
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # mirror of what the sequence holds in KV
+    last_used: float = 0.0
+    job: _Job | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters read by the metrics endpoint (written by the scheduler thread only)."""
+
+    requests_finished: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    decode_seconds: float = 0.0
+
+
+class Scheduler:
+    """Owns a ``LlamaRuntime`` on one worker thread; ``submit`` from the event loop."""
+
+    def __init__(
+        self,
+        runtime: LlamaRuntime,
+        *,
+        n_slots: int,
+        prefill_chunk: int,
+        max_queue: int,
+        request_timeout: float,
+    ) -> None:
+        self._rt = runtime
+        self._slots = [_Slot(seq=i) for i in range(n_slots)]
+        self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
+        self._timeout = request_timeout
+        self._waiting = WaitQueue(n_slots=n_slots, max_waiting=max_queue)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ event-loop side
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return self._rt.n_ctx_seq
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_active(self) -> int:
+        return self._waiting.active
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="interference-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: EngineRequest) -> RequestHandle:
+        """Queue a request; raises ``QueueFull`` when the waiting queue is at its bound."""
+        if self._stopping:
+            raise RuntimeError("engine is shutting down")
+        loop = asyncio.get_running_loop()
+        handle = RequestHandle(request, loop, self._on_abort, deadline=time.monotonic() + self._timeout)
+        self._waiting.put(handle)
+        return handle
+
+    def _on_abort(self, handle: RequestHandle) -> None:
+        self._waiting.remove(handle)  # frees its queue place at once if it was still waiting
+        self._waiting.poke()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._waiting.poke()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for handle in self._waiting.drain():
+            handle.push(EngineOutput(error="the server is shutting down"))
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self._admit()
+                self._reap()
+                if not any(s.job for s in self._slots):
+                    self._waiting.wait(timeout=1.0)
+                    continue
+                self._step()
+            except Exception:  # an engine bug must not kill the loop: fail what is running
+                logger.exception("engine step failed")
+                self._fail_all("internal engine error")
+        self._fail_all("the server is shutting down")
+
+    def _admit(self) -> None:
+        while True:
+            idle = [s for s in self._slots if s.job is None]
+            if not idle:
+                return
+            handle = self._waiting.pop()
+            if handle is None:
+                return
+            try:
+                self._start(handle, idle)
+            except Exception as exc:
+                logger.exception("could not start request %s", handle.request.request_id)
+                self._waiting.release()
+                handle.push(EngineOutput(error=f"could not start generation: {exc}"))
+
+    def _start(self, handle: RequestHandle, idle: list[_Slot]) -> None:
+        req = handle.request
+        views = [SlotView(i, s.tokens, s.last_used) for i, s in enumerate(self._slots) if s in idle]
+        index, n_past = pick_slot(views, req.prompt)
+        slot = self._slots[index]
+        if not self._rt.seq_rm(slot.seq, n_past, -1):
+            self._rt.seq_clear(slot.seq)
+            n_past = 0
+        del slot.tokens[n_past:]
+        sampler = Sampler(req.sampling, n_vocab=self._rt.n_vocab)
+        slot.job = _Job(handle=handle, sampler=sampler, n_cached=n_past, cursor=n_past)
+        slot.job.stops = StopMatcher(list(req.stop))
+        handle.state = HandleState.RUNNING
+        logger.debug("request %s -> slot %d, %d/%d prompt tokens cached",
+                     req.request_id, slot.seq, n_past, len(req.prompt))
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.handle.is_aborted:
+                self._release(slot)
+            elif now > job.handle.deadline:
+                self._release(slot, EngineOutput(error="request timed out"))
+
+    def _release(self, slot: _Slot, final: EngineOutput | None = None) -> None:
+        """Free the slot; its KV and mirror stay for prefix reuse."""
+        job = slot.job
+        if job is None:
+            return
+        slot.job = None
+        slot.last_used = time.monotonic()
+        job.sampler.free()
+        self._waiting.release()
+        if final is not None:
+            job.handle.push(final)
+
+    def _fail_all(self, message: str) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                self._rt.seq_clear(slot.seq)
+                slot.tokens.clear()
+                self._release(slot, EngineOutput(error=message))
+
+    def _step(self) -> None:
+        rt = self._rt
+        rt.batch_clear()
+        active = [s for s in self._slots if s.job is not None]
+        n_decode = 0
+        for slot in active:
+            job = slot.job
+            assert job is not None
+            job.row, job.added = -1, 0
+            if job.phase is _Phase.GENERATE:
+                job.row = rt.batch_add(job.pending, len(slot.tokens), slot.seq, logits=True)
+                job.added = 1
+                n_decode += 1
+        # Alone, a prompt may fill the whole batch; beside decoding streams it gets one chunk per step.
+        budget = (rt.n_batch if n_decode == 0 else self._prefill_chunk) - n_decode
+        for slot in sorted(active, key=lambda s: s.job.handle.deadline if s.job else 0.0):
+            job = slot.job
+            assert job is not None
+            if job.phase is not _Phase.PREFILL or budget <= 0:
+                continue
+            prompt = job.handle.request.prompt
+            take = min(len(prompt) - job.cursor, budget)
+            pos = len(slot.tokens)
+            for k in range(take):
+                last = job.cursor + k == len(prompt) - 1
+                row = rt.batch_add(prompt[job.cursor + k], pos + k, slot.seq, logits=last)
+                if last:
+                    job.row = row
+            job.added = take
+            budget -= take
+
+        started = time.perf_counter()
+        rc = rt.decode()
+        self.stats.decode_seconds += time.perf_counter() - started
+        self.stats.steps += 1
+        if rc != 0:
+            logger.error("llama_decode returned %d with %d tokens in the batch", rc, rt.batch_size)
+            self._fail_all(f"llama_decode failed ({rc})")
+            return
+
+        for slot in active:
+            job = slot.job
+            assert job is not None
+            if job.phase is _Phase.GENERATE:
+                slot.tokens.append(job.pending)
+            else:
+                prompt = job.handle.request.prompt
+                slot.tokens.extend(prompt[job.cursor : job.cursor + job.added])
+                job.cursor += job.added
+            if job.row >= 0:
+                self._on_token(slot, job, rt.sample(job.sampler.chain, job.row))
+
+    def _on_token(self, slot: _Slot, job: _Job, token: int) -> None:
+        rt = self._rt
+        req = job.handle.request
+        job.phase = _Phase.GENERATE
+        job.n_generated += 1
+        finish: FinishReason | None = None
+        text = ""
+        if rt.is_eog(token):
+            finish = FinishReason.STOP
+        else:
+            text = job.stops.feed(job.detok.decode(rt.piece(token)))
+            if job.stops.stopped:
+                finish = FinishReason.STOP
+            elif req.max_tokens is not None and job.n_generated >= req.max_tokens:
+                finish = FinishReason.LENGTH
+            elif len(slot.tokens) + 1 >= rt.n_ctx_seq:
+                finish = FinishReason.LENGTH
+        if finish is None:
+            job.pending = token
+            if text:
+                job.handle.push(EngineOutput(text=text))
+            return
+        if not job.stops.stopped:
+            text += job.stops.feed(job.detok.flush())
+            text += job.stops.flush()
+        stats = self.stats
+        stats.requests_finished += 1
+        stats.prompt_tokens += len(req.prompt)
+        stats.cached_tokens += job.n_cached
+        stats.completion_tokens += job.n_generated
+        self._release(
+            slot,
+            EngineOutput(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=len(req.prompt),
+                completion_tokens=job.n_generated,
+                cached_tokens=job.n_cached,
+            ),
+        )

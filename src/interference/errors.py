@@ -1,0 +1,140 @@
+"""The error hierarchy: each class carries its HTTP status and OpenAI ``type``/``code``.
+
+It sits at the package root, below every layer, so the router and providers can raise these without
+importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
+
+    InterferenceError (500 server_error)
+    ├── InvalidRequest (400 invalid_request_error)
+    │   ├── ContextLengthExceeded (code context_length_exceeded)
+    │   └── UnsupportedParameter (code unsupported_parameter)
+    ├── AuthenticationFailed (401)
+    ├── NotFound (404)
+    │   └── ModelNotFound (code model_not_found)
+    ├── Overloaded (429, Retry-After)
+    ├── RequestTimedOut (504)
+    └── UpstreamError (502)
+        ├── UpstreamConnectError
+        ├── UpstreamTimeout (504)
+        ├── UpstreamStatusError (the upstream's own status)
+        └── UpstreamProtocolError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "ContextLengthExceeded",
+    "EngineFailure",
+    "InterferenceError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "Overloaded",
+    "RequestTimedOut",
+    "UnsupportedParameter",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]
+
+
+class InterferenceError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, message={self.message!r})"
+
+
+class EngineFailure(InterferenceError):
+    """The local engine could not produce this completion."""
+
+
+class InvalidRequest(InterferenceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class AuthenticationFailed(InterferenceError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(InterferenceError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class Overloaded(InterferenceError):
+    status = 429
+    type = "rate_limit_error"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimedOut(InterferenceError):
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+
+class UpstreamError(InterferenceError):
+    """An upstream deployment failed; ``retryable`` failures may go to another deployment."""
+
+    status = 502
+    type = "upstream_error"
+    retryable = True
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; 4xx other than 429 are the request's fault."""
+
+    def __init__(self, status: int, message: str, *, body: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retryable = status >= 500 or status == 429
+        if status < 500:
+            self.type = "invalid_request_error"

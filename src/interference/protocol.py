@@ -1,0 +1,288 @@
+"""Pydantic models of the OpenAI wire format.
+
+Field order follows OpenAI's API reference (https://platform.openai.com/docs/api-reference).
+Request models accept unknown fields (clients send extras) and expose their names through
+``ignored_fields``; non-OpenAI extras sit in their own commented block. This module imports
+nothing else from the package.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "DeltaMessage",
+    "ErrorBody",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "PromptTokensDetails",
+    "ResponseMessage",
+    "StreamOptions",
+    "TextPart",
+    "Usage",
+    "new_id",
+]
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style object id such as ``chatcmpl-3f2a…``."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class WireModel(BaseModel):
+    """Base of every request model: strict types, unknown fields kept aside."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+# --------------------------------------------------------------------------- shared
+
+
+class StreamOptions(WireModel):
+    include_usage: bool = False
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+StopField = Annotated[str | Annotated[list[str], Field(max_length=16)] | None, Field(default=None)]
+
+
+class SamplingFields(WireModel):
+    """Sampling parameters shared by chat and text completions."""
+
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    seed: int | None = None
+    stop: StopField = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    user: str | None = None
+
+    # Extras understood by llama.cpp-based servers (not part of OpenAI's API).
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Probability | None = None
+    repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [s for s in stops if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# --------------------------------------------------------------------------- chat
+
+
+class TextPart(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(WireModel):
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ChatMessage(WireModel):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content is required for role '{self.role}'")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The message content as plain text; text parts are joined."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions: https://platform.openai.com/docs/api-reference/chat/create"""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model: str
+    logprobs: bool | None = None
+    max_completion_tokens: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+# --------------------------------------------------------------------------- completions
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions: https://platform.openai.com/docs/api-reference/completions/create"""
+
+    model: str
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | list[int]
+    echo: bool | None = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    # OpenAI's documented default for the legacy endpoint.
+    max_tokens: PositiveInt | None = 16
+    suffix: str | None = None
+
+    @property
+    def prompt_text(self) -> str | list[int]:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if self.prompt and isinstance(self.prompt[0], str):
+            return str(self.prompt[0])
+        return [int(t) for t in self.prompt]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int = 0
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class Completion(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+# --------------------------------------------------------------------------- models and errors
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "interference"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,171 @@
+"""Model names and aliases to deployments; load balancing and failover across them.
+
+A request names a public model (or an alias). Its route lists deployments (a provider plus the
+model name that provider knows). The router orders them by strategy, skips those cooling down,
+and opens the stream on the first that answers; a retryable failure before the first delta moves on
+to the next deployment and puts the failed one in cooldown.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from .errors import ModelNotFound, UpstreamError
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard
+from .providers.base import Delta, Provider
+
+__all__ = ["Deployment", "Route", "Router"]
+
+logger = logging.getLogger(__name__)
+
+RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+
+
+class Health(enum.Enum):
+    UP = "up"
+    COOLING_DOWN = "cooling_down"
+
+
+@dataclass(eq=False, slots=True)
+class Deployment:
+    provider: Provider
+    model: str  # the name this provider knows the model by
+    weight: float = 1.0
+    outstanding: int = 0
+    health: Health = Health.UP
+    cooldown_until: float = 0.0
+    current_weight: float = 0.0  # smooth weighted round-robin state
+
+    def is_available(self, now: float) -> bool:
+        if self.health is Health.COOLING_DOWN and now >= self.cooldown_until:
+            self.health = Health.UP
+        return self.health is Health.UP
+
+    def cool_down(self, seconds: float, now: float) -> None:
+        self.health = Health.COOLING_DOWN
+        self.cooldown_until = now + seconds
+
+
+@dataclass(eq=False, slots=True)
+class Route:
+    name: str
+    deployments: list[Deployment]
+    aliases: tuple[str, ...] = ()
+    strategy: Literal["round_robin", "least_outstanding"] = "round_robin"
+    cooldown: float = 30.0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def ordered(self, now: float) -> list[Deployment]:
+        """Deployments to try, best first; cooling ones last (tried only when nothing else is up)."""
+        up = [d for d in self.deployments if d.is_available(now)]
+        down = sorted((d for d in self.deployments if d not in up), key=lambda d: d.cooldown_until)
+        if len(up) > 1:
+            first = self._pick(up)
+            up.remove(first)
+            up.sort(key=lambda d: d.outstanding)
+            up.insert(0, first)
+        return up + down
+
+    def _pick(self, up: list[Deployment]) -> Deployment:
+        if self.strategy == "least_outstanding":
+            return min(up, key=lambda d: (d.outstanding / d.weight, -d.weight))
+        # Smooth weighted round-robin (as nginx does): even spread, exact proportions.
+        total = sum(d.weight for d in up)
+        for d in up:
+            d.current_weight += d.weight
+        best = max(up, key=lambda d: d.current_weight)
+        best.current_weight -= total
+        return best
+
+
+class Router:
+    """Resolves names and opens delta streams with failover."""
+
+    def __init__(self, routes: list[Route], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._routes = routes
+        self._by_name: dict[str, Route] = {}
+        for route in routes:
+            for name in (route.name, *route.aliases):
+                self._by_name.setdefault(name, route)
+        self._clock = clock
+
+    @property
+    def routes(self) -> list[Route]:
+        return self._routes
+
+    @property
+    def providers(self) -> list[Provider]:
+        seen: dict[int, Provider] = {}
+        for route in self._routes:
+            for d in route.deployments:
+                seen.setdefault(id(d.provider), d.provider)
+        return list(seen.values())
+
+    def resolve(self, name: str) -> Route:
+        route = self._by_name.get(name)
+        if route is None:
+            raise ModelNotFound(name)
+        return route
+
+    def cards(self) -> list[ModelCard]:
+        cards: list[ModelCard] = []
+        for route in self._routes:
+            cards.append(ModelCard(id=route.name, created=route.created))
+            cards.extend(ModelCard(id=a, created=route.created) for a in route.aliases if self._by_name[a] is route)
+        return cards
+
+    def card(self, name: str) -> ModelCard:
+        route = self.resolve(name)
+        return ModelCard(id=name, created=route.created)
+
+    def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Delta]:
+        return self._open(request, lambda p, m: p.chat(request, model=m))
+
+    def complete(self, request: CompletionRequest) -> AsyncIterator[Delta]:
+        return self._open(request, lambda p, m: p.complete(request, model=m))
+
+    async def _open(
+        self,
+        request: RequestT,
+        call: Callable[[Provider, str], AsyncIterator[Delta]],
+    ) -> AsyncIterator[Delta]:
+        route = self.resolve(request.model)
+        last_error: UpstreamError | None = None
+        for deployment in route.ordered(self._clock()):
+            stream = call(deployment.provider, deployment.model)
+            deployment.outstanding += 1
+            try:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except UpstreamError as exc:
+                    if not exc.retryable:
+                        raise
+                    last_error = exc
+                    deployment.cool_down(route.cooldown, self._clock())
+                    logger.warning(
+                        "deployment %s of %s failed before its first byte (%s); trying the next",
+                        deployment.provider.name, route.name, exc.message,
+                    )
+                    continue
+                yield first
+                async for delta in stream:
+                    yield delta
+                return
+            finally:
+                deployment.outstanding -= 1
+                await _aclose(stream)
+        assert last_error is not None
+        raise last_error
+
+
+async def _aclose(stream: AsyncIterator[Delta]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
