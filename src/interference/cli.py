@@ -30,21 +30,42 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("local engine")
     g.add_argument("-m", "--model", metavar="GGUF", help="GGUF file to serve (default: the embedded model)")
     g.add_argument("--model-name", metavar="ID", help="public id of that model (default: file name)")
-    g.add_argument("-c", "--ctx-size", type=int, metavar="N",
-                   help="total context tokens, shared by the slots (default: parallel x 2048)")
+    g.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        metavar="N",
+        help="total context tokens, shared by the slots (default: parallel x 2048)",
+    )
     g.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
     g.add_argument("-np", "--parallel", type=int, metavar="N", help="sequences decoded together (default: 8)")
-    g.add_argument("-b", "--batch-size", type=int, metavar="N",
-                   help="prompt tokens evaluated per step beside running streams (default: 512)")
-    g.add_argument("--max-queue", type=int, metavar="N",
-                   help="requests that may wait for a slot before 429 (default: 64)")
-    g.add_argument("--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)")
+    g.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="prompt tokens evaluated per step beside running streams (default: 512)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="requests that may wait for a slot before 429 (default: 64)",
+    )
+    g.add_argument(
+        "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
+    )
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
-    p.add_argument("--alias", dest="aliases", action="append", metavar="NAME",
-                   help="a name that maps to the default model (repeatable; replaces the default aliases)")
+    p.add_argument(
+        "--alias",
+        dest="aliases",
+        action="append",
+        metavar="NAME",
+        help="a name that maps to the default model (repeatable; replaces the default aliases)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"interference {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve the OpenAI API (default: 127.0.0.1:1337)",
-                           description="Serve the OpenAI API at /v1/... and at the root.")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the OpenAI API (default: 127.0.0.1:1337)",
+        description="Serve the OpenAI API at /v1/... and at the root.",
+    )
     serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: 1337)")
-    serve.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
-                       help="require this key (repeatable; default: no auth)")
+    serve.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="require this key (repeatable; default: no auth)",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     _common_flags(serve)
@@ -119,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", stream=sys.stderr)
+    if level != "debug":
+        # httpx logs every upstream call at INFO: one line per request, beside our access log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -164,7 +196,9 @@ def _serve(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     logger.info(
         "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s",
-        settings.host, port, time.perf_counter() - started,
+        settings.host,
+        port,
+        time.perf_counter() - started,
     )
     server.run(sockets=[sock])
     return 0
@@ -177,7 +211,9 @@ def _models(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for entry in settings.models:
         targets = ", ".join(
-            f"local {d.path or 'embedded'}" if d.type == "local" else f"{d.base_url} ({d.model or entry.name})"
+            f"local {d.path or 'embedded'}"
+            if d.type == "local"
+            else f"{d.base_url} ({d.model or entry.name})"
             for d in entry.deployments
         )
         aliases = f"  aliases: {', '.join(entry.aliases)}" if entry.aliases else ""

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
     "DEFAULT_ALIASES",
@@ -73,6 +73,13 @@ class OpenAIDeployment(_Frozen):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _one_key_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("api_key") is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        return v
 
 
 Deployment = Annotated[LocalDeployment | OpenAIDeployment, Field(discriminator="type")]
@@ -176,10 +183,41 @@ def load_settings(
     merged: dict[str, Any] = _from_file(Path(file_name)) if file_name else {}
     merged.update(_from_env(env))
     merged.update(cli_values)
+    where = f" in {file_name}" if file_name else ""
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _key_name(tuple(err["loc"])) or "(top level)"
-        where = f" in {file_name}" if file_name else ""
         raise ConfigError(f"invalid setting '{key}'{where}: {err['msg']}") from None
+    _check_unique_names(settings.models, where)
+    return _resolve_api_keys(settings, env, where)
+
+
+def _check_unique_names(models: tuple[ModelEntry, ...], where: str) -> None:
+    seen: set[str] = set()
+    for i, entry in enumerate(models):
+        names = [(f"models[{i}].name", entry.name)] + [(f"models[{i}].aliases", a) for a in entry.aliases]
+        for key, name in names:
+            if name in seen:
+                raise ConfigError(f"invalid setting '{key}'{where}: the name '{name}' is used twice")
+            seen.add(name)
+
+
+def _resolve_api_keys(settings: Settings, env: Mapping[str, str], where: str) -> Settings:
+    """Read each ``api_key_env`` now, so a missing variable fails at start-up, not on the first request."""
+    entries = []
+    for i, entry in enumerate(settings.models):
+        deployments = []
+        for j, d in enumerate(entry.deployments):
+            if isinstance(d, OpenAIDeployment) and d.api_key_env is not None:
+                value = env.get(d.api_key_env)
+                if not value:
+                    raise ConfigError(
+                        f"invalid setting 'models[{i}].deployments[{j}].api_key_env'{where}: "
+                        f"environment variable {d.api_key_env} is not set"
+                    )
+                d = d.model_copy(update={"api_key": SecretStr(value)})
+            deployments.append(d)
+        entries.append(entry.model_copy(update={"deployments": tuple(deployments)}))
+    return settings.model_copy(update={"models": tuple(entries)})

@@ -33,7 +33,11 @@ class ApiKeyMiddleware:
             return
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"").decode("latin-1")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode()
+        key = (
+            auth[7:].strip()
+            if auth.lower().startswith("bearer ")
+            else headers.get(b"x-api-key", b"").decode()
+        )
         given = _digest(key)
         if key and any(secrets.compare_digest(given, d) for d in self._digests):
             await self.app(scope, receive, send)

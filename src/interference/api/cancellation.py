@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -39,8 +40,6 @@ async def with_cancellation(request: Request, work: Awaitable[T]) -> T | Respons
                 pending.cancel()
     if task.done() and not task.cancelled():
         return task.result()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     return Response(status_code=CLIENT_CLOSED)

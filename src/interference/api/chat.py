@@ -28,8 +28,8 @@ class ChatServing:
             choices = [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": folded.text(i)},
-                    "logprobs": None,
+                    "message": _message(folded.text(i), folded.calls(i)),
+                    "logprobs": folded.logprobs.get(i),
                     "finish_reason": folded.finish.get(i),
                 }
                 for i in folded.indices
@@ -58,21 +58,37 @@ class ChatServing:
 
         def chunks(delta: Delta) -> list[dict[str, Any]]:
             out = []
-            if delta.text:
-                choice = {"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
-                          "finish_reason": None}
+            if delta.text or delta.tool_calls or delta.logprobs:
+                message: dict[str, Any] = {"content": delta.text} if delta.text else {}
+                if delta.tool_calls:
+                    message["tool_calls"] = delta.tool_calls
+                choice = {
+                    "index": delta.index,
+                    "delta": message,
+                    "logprobs": delta.logprobs,
+                    "finish_reason": None,
+                }
                 out.append(envelope([choice]))
             if delta.finish_reason is not None:
                 # The finish goes in a chunk of its own with an empty delta, as OpenAI sends it.
-                choice = {"index": delta.index, "delta": {}, "logprobs": None,
-                          "finish_reason": delta.finish_reason}
+                choice = {
+                    "index": delta.index,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": delta.finish_reason,
+                }
                 out.append(envelope([choice]))
             return out
 
         def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
             return {**envelope([]), "usage": usage_dict(usage)}
 
-        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        role = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
         frames = sse_frames(
             first,
             stream,
@@ -81,3 +97,10 @@ class ChatServing:
             usage_chunk=usage_chunk if request.include_usage else None,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+
+
+def _message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    if not tool_calls:
+        return {"role": "assistant", "content": text}
+    # OpenAI sends null content beside tool calls when the model wrote no text.
+    return {"role": "assistant", "content": text or None, "tool_calls": tool_calls}

@@ -38,7 +38,12 @@ class CompletionServing:
             folded = await fold(first, stream)
             body = envelope(
                 [
-                    {"text": folded.text(i), "index": i, "logprobs": None, "finish_reason": folded.finish.get(i)}
+                    {
+                        "text": folded.text(i),
+                        "index": i,
+                        "logprobs": folded.logprobs.get(i),
+                        "finish_reason": folded.finish.get(i),
+                    }
                     for i in folded.indices
                 ]
             )
@@ -46,10 +51,14 @@ class CompletionServing:
             return JSONResponse(body)
 
         def chunks(delta: Delta) -> list[dict[str, Any]]:
-            if not delta.text and delta.finish_reason is None:
+            if not delta.text and delta.finish_reason is None and not delta.logprobs:
                 return []
-            choice = {"text": delta.text, "index": delta.index, "logprobs": None,
-                      "finish_reason": delta.finish_reason}
+            choice = {
+                "text": delta.text,
+                "index": delta.index,
+                "logprobs": delta.logprobs,
+                "finish_reason": delta.finish_reason,
+            }
             return [envelope([choice])]
 
         def usage_chunk(usage: TokenUsage) -> dict[str, Any]:

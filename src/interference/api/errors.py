@@ -22,17 +22,21 @@ logger = logging.getLogger(__name__)
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "body"})
+
+
+def _is_type_tag(item: str) -> bool:
+    """Union branch names pydantic puts in locations ('str', 'list[str]', 'function-after[...]')."""
+    return item in _TYPE_TAGS or "[" in item or item.startswith(("function-", "constrained-", "json-"))
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
     """A pydantic location as OpenAI writes it: ``messages[0].role``."""
     out = ""
     for item in loc:
-        if item in ("body",):
-            continue
         if isinstance(item, int):
             out += f"[{item}]"
-        elif "[" in str(item) or "function-after" in str(item):
-            continue  # union branch tags such as 'list[str]'
-        else:
+        elif not _is_type_tag(str(item)):
             out += f".{item}" if out else str(item)
     return out or None
 

@@ -59,6 +59,10 @@ class Folded:
 
     texts: dict[int, list[str]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
+    tool_calls: dict[int, dict[int, dict[str, Any]]] = field(
+        default_factory=dict
+    )  # choice -> call index -> call
+    logprobs: dict[int, dict[str, Any]] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -66,9 +70,38 @@ class Folded:
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, []))
 
+    def calls(self, index: int) -> list[dict[str, Any]]:
+        return [call for _, call in sorted(self.tool_calls.get(index, {}).items())]
+
+    def add_tool_calls(self, index: int, deltas: tuple[dict[str, Any], ...]) -> None:
+        """Merge streamed tool-call pieces: the first carries id and name, later ones more arguments."""
+        calls = self.tool_calls.setdefault(index, {})
+        for piece in deltas:
+            position = piece.get("index", len(calls))
+            function = piece.get("function") or {}
+            call = calls.get(position)
+            if call is None:
+                call = calls[position] = {
+                    "id": piece.get("id"),
+                    "type": piece.get("type") or "function",
+                    "function": {"name": function.get("name") or "", "arguments": ""},
+                }
+            call["id"] = call["id"] or piece.get("id")
+            call["function"]["name"] = call["function"]["name"] or function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    def add_logprobs(self, index: int, logprobs: dict[str, Any]) -> None:
+        """Concatenate the per-token lists (chat ``content``, or the legacy parallel lists)."""
+        folded = self.logprobs.setdefault(index, {})
+        for key, value in logprobs.items():
+            if isinstance(value, list):
+                folded.setdefault(key, []).extend(value)
+            else:
+                folded.setdefault(key, value)
+
     @property
     def indices(self) -> list[int]:
-        return sorted(self.texts.keys() | self.finish.keys()) or [0]
+        return sorted(self.texts.keys() | self.finish.keys() | self.tool_calls.keys()) or [0]
 
     @property
     def usage(self) -> TokenUsage:
@@ -83,6 +116,10 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
                 out.texts.setdefault(delta.index, []).append(delta.text)
             if delta.finish_reason is not None:
                 out.finish[delta.index] = delta.finish_reason
+            if delta.tool_calls:
+                out.add_tool_calls(delta.index, delta.tool_calls)
+            if delta.logprobs:
+                out.add_logprobs(delta.index, delta.logprobs)
             if delta.usage is not None:
                 # Choices of one request share the prompt; their completions add up.
                 out.prompt_tokens = delta.usage.prompt_tokens
@@ -122,7 +159,9 @@ async def sse_frames(
         yield sse.encode(error_body(exc).model_dump())
     except Exception:
         logger.exception("stream failed after it started")
-        yield sse.encode(error_body(InterferenceError("The server had an error while streaming.")).model_dump())
+        yield sse.encode(
+            error_body(InterferenceError("The server had an error while streaming.")).model_dump()
+        )
     finally:
         await _aclose(stream)
     yield sse.DONE

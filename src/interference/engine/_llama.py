@@ -235,4 +235,3 @@ class LlamaRuntime:
         if self._model:
             C.llama_model_free(self._model)
             self._model = None
-

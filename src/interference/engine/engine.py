@@ -119,4 +119,3 @@ class Engine:
             f"in {self.load_seconds:.2f} s; {self.config.parallel} slots x {self.n_ctx_seq} tokens, "
             f"{self.threads} threads"
         )
-

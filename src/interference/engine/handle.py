@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 from collections import deque
@@ -100,10 +101,8 @@ class WaitQueue:
 
     def remove(self, handle: RequestHandle) -> None:
         with self._cond:
-            try:
+            with contextlib.suppress(ValueError):
                 self._items.remove(handle)
-            except ValueError:
-                pass
             self._cond.notify()
 
     def release(self) -> None:

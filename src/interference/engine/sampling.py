@@ -40,8 +40,7 @@ class Sampler:
         if p.logit_bias:
             arr = (C.llama_logit_bias * len(p.logit_bias))()
             for i, (tok, bias) in enumerate(p.logit_bias):
-                arr[i].token = tok
-                arr[i].bias = bias
+                arr[i] = C.llama_logit_bias(tok, bias)
             stages.append(C.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), arr))
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             stages.append(

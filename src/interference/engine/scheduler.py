@@ -175,8 +175,13 @@ class Scheduler:
         slot.job = _Job(handle=handle, sampler=sampler, n_cached=n_past, cursor=n_past)
         slot.job.stops = StopMatcher(list(req.stop))
         handle.state = HandleState.RUNNING
-        logger.debug("request %s -> slot %d, %d/%d prompt tokens cached",
-                     req.request_id, slot.seq, n_past, len(req.prompt))
+        logger.debug(
+            "request %s -> slot %d, %d/%d prompt tokens cached",
+            req.request_id,
+            slot.seq,
+            n_past,
+            len(req.prompt),
+        )
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -275,7 +280,7 @@ class Scheduler:
                 finish = FinishReason.STOP
             elif req.max_tokens is not None and job.n_generated >= req.max_tokens:
                 finish = FinishReason.LENGTH
-            elif len(slot.tokens) + 1 >= rt.n_ctx_seq:
+            elif len(slot.tokens) + 1 >= rt.n_ctx_seq:  # no room left to decode this token
                 finish = FinishReason.LENGTH
         if finish is None:
             job.pending = token

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..protocol import ChatCompletionRequest, CompletionRequest
 
@@ -30,6 +31,10 @@ class Delta:
     index: int = 0
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+    # OpenAI tool-call deltas ({"index", "id", "type", "function": {"name", "arguments"}}), as streamed.
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    # OpenAI logprobs object for this delta's tokens ({"content": [...]}, or the legacy completions shape).
+    logprobs: dict[str, Any] | None = None
 
 
 class Provider(abc.ABC):

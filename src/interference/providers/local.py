@@ -57,7 +57,9 @@ class LocalProvider(Provider):
         else:
             bad = [t for t in source if not self.engine.runtime.is_valid_token(t)]
             if bad:
-                raise InvalidRequest(f"prompt holds token ids outside the vocabulary: {bad[:5]}", param="prompt")
+                raise InvalidRequest(
+                    f"prompt holds token ids outside the vocabulary: {bad[:5]}", param="prompt"
+                )
             prompt = source
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
@@ -120,9 +122,13 @@ class LocalProvider(Provider):
             try:
                 token = int(key)
             except ValueError:
-                raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+                raise InvalidRequest(
+                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+                ) from None
             if not self.engine.runtime.is_valid_token(token):
-                raise InvalidRequest(f"logit_bias token id {token} is outside the vocabulary", param="logit_bias")
+                raise InvalidRequest(
+                    f"logit_bias token id {token} is outside the vocabulary", param="logit_bias"
+                )
             bias.append((token, value))
         return SamplingParams(
             temperature=1.0 if request.temperature is None else request.temperature,
@@ -150,8 +156,10 @@ def _reject_unsupported(request: SamplingFields) -> None:
             raise UnsupportedParameter("tools are not supported by the local engine yet", param="tools")
         fmt = (request.response_format or {}).get("type", "text")
         if fmt != "text":
-            raise UnsupportedParameter(f"response_format '{fmt}' is not supported yet", param="response_format")
+            raise UnsupportedParameter(
+                f"response_format '{fmt}' is not supported yet", param="response_format"
+            )
         if request.logprobs:
             raise UnsupportedParameter("logprobs are not supported by the local engine yet", param="logprobs")
-    elif request.logprobs:
+    elif isinstance(request, CompletionRequest) and request.logprobs:
         raise UnsupportedParameter("logprobs are not supported by the local engine yet", param="logprobs")

@@ -1,0 +1,119 @@
+"""Prometheus metrics at GET /metrics: request counts and latency, plus engine gauges read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..providers.local import LocalProvider
+from ..router import Router
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _EngineCollector(Collector):
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model"]
+        active = GaugeMetricFamily(
+            "interference_engine_slots_active", "Sequences holding a slot", labels=labels
+        )
+        total = GaugeMetricFamily("interference_engine_slots", "Slots (parallel sequences)", labels=labels)
+        waiting = GaugeMetricFamily(
+            "interference_engine_requests_waiting", "Requests waiting for a slot", labels=labels
+        )
+        counters = {
+            "prompt_tokens": CounterMetricFamily(
+                "interference_engine_prompt_tokens", "Prompt tokens", labels=labels
+            ),
+            "cached_tokens": CounterMetricFamily(
+                "interference_engine_cached_tokens", "Prompt tokens reused from the KV cache", labels=labels
+            ),
+            "completion_tokens": CounterMetricFamily(
+                "interference_engine_completion_tokens", "Generated tokens", labels=labels
+            ),
+            "requests_finished": CounterMetricFamily(
+                "interference_engine_requests_finished", "Completed generations", labels=labels
+            ),
+            "steps": CounterMetricFamily("interference_engine_steps", "Batched decode steps", labels=labels),
+            "decode_seconds": CounterMetricFamily(
+                "interference_engine_decode_seconds", "Time spent in llama_decode", labels=labels
+            ),
+        }
+        for provider in self._router.providers:
+            if not isinstance(provider, LocalProvider):
+                continue
+            sched = provider.engine.scheduler
+            name = [provider.name]
+            active.add_metric(name, sched.n_active)
+            total.add_metric(name, sched.n_slots)
+            waiting.add_metric(name, sched.n_waiting)
+            for key, family in counters.items():
+                family.add_metric(name, float(getattr(sched.stats, key)))
+        yield from (active, total, waiting, *counters.values())
+
+
+class Metrics:
+    """One registry per app (no global state)."""
+
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "interference_http_requests", "HTTP requests", ["path", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "interference_http_request_seconds",
+            "Time to the response headers",
+            ["path"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.registry.register(_EngineCollector(router))
+
+    def render(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
+
+
+_TRACKED = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
+
+
+def _path_label(path: str) -> str:
+    bare = path.removeprefix("/v1")
+    for tracked in _TRACKED:
+        if bare.startswith(tracked):
+            return tracked
+    return "other"
+
+
+class MetricsMiddleware:
+    """Counts requests by path and status; times them to the response headers."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        label = _path_label(scope["path"])
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._metrics.requests.labels(label, str(message["status"])).inc()
+                self._metrics.latency.labels(label).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

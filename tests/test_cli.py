@@ -1,0 +1,113 @@
+"""The command line and settings precedence (flags > env > TOML file > defaults)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, serve_command
+from interference.config import DEFAULT_ALIASES, ConfigError, load_settings
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "interference", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_commands() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for word in ("serve", "models", "chat"):
+        assert word in done.stdout
+    serve_help = run("serve", "--help").stdout
+    for flag in ("--host", "--port", "--model", "--ctx-size", "--threads", "--config", "--parallel"):
+        assert flag in serve_help
+
+
+def test_models_lists_default_and_aliases() -> None:
+    done = run("models")
+    assert done.returncode == 0, done.stderr
+    assert "SmolLM2-135M-Instruct.Q4_1" in done.stdout
+    for alias in DEFAULT_ALIASES:
+        assert alias in done.stdout
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("interference: error:")
+    return lines[0]
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    done = subprocess.run(
+        serve_command("--port", str(free_port()), "--model", str(tmp_path / "nope.gguf")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "not found" in _one_line_error(done)
+
+
+def test_corrupt_model_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00\xff" * 5000)
+    done = subprocess.run(
+        serve_command("--port", str(free_port()), "--model", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "broken.gguf" in _one_line_error(done)
+
+
+def test_port_in_use() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        done = subprocess.run(serve_command("--port", str(port)), capture_output=True, text=True, timeout=60)
+    assert f"127.0.0.1:{port}" in _one_line_error(done)
+
+
+def test_invalid_config_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('port = "not a port"\n')
+    done = run("models", "--config", str(cfg))
+    assert done.returncode == 2
+    assert "'port'" in _one_line_error(done)
+    cfg.write_text("parallel = 0\n")
+    assert "'parallel'" in _one_line_error(run("models", "--config", str(cfg)))
+    cfg.write_text("[broken\n")
+    assert "TOML" in _one_line_error(run("models", "--config", str(cfg)))
+    assert "not found" in _one_line_error(run("models", "--config", str(tmp_path / "missing.toml")))
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('port = 2000\nthreads = 3\nctx_size = 4096\naliases = ["from-file"]\n')
+    env = {"INTERFERENCE_PORT": "3000", "INTERFERENCE_THREADS": "5"}
+    s = load_settings({"port": 4000}, env=env, config_file=cfg)
+    assert s.port == 4000  # flag
+    assert s.threads == 5  # env beats file
+    assert s.ctx_size == 4096  # file beats default
+    assert s.aliases == ("from-file",)
+    assert s.host == "127.0.0.1"  # default
+    s = load_settings({}, env={"INTERFERENCE_CONFIG": str(cfg), "INTERFERENCE_ALIASES": "a, b"})
+    assert s.port == 2000
+    assert s.aliases == ("a", "b")
+    assert load_settings({}, env={}).port == 1337
+
+
+def test_settings_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="'threads'"):
+        load_settings({"threads": -1}, env={})
+    with pytest.raises(ConfigError, match="'port'"):
+        load_settings({}, env={"INTERFERENCE_PORT": "many"})
