@@ -59,7 +59,7 @@ def stream_chat(url: str, prompt: str, **fields: object) -> tuple[str, list[str]
             if line.startswith("data: "):
                 events.append(line[6:])
     text = "".join(
-        (json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        (json.loads(e).get("choices") or [{}])[0].get("delta", {}).get("content") or ""
         for e in events
         if e != "[DONE]"
     )
@@ -103,7 +103,7 @@ def test_greedy_output_is_the_same_alone_and_in_a_batch(batch_server: RunningSer
 
 def test_dropped_streams_free_their_slots(batch_server: RunningServer) -> None:
     body = {"model": "gpt-3.5-turbo", "stream": True, "max_tokens": 1500, "logit_bias": NO_EOS}
-    clients, responses = [], []
+    clients, responses, readers = [], [], []
     for prompt in PROMPTS:
         c = httpx.Client(timeout=60)
         r = c.send(
@@ -121,6 +121,7 @@ def test_dropped_streams_free_their_slots(batch_server: RunningServer) -> None:
                 seen += 1
         clients.append(c)
         responses.append(r)
+        readers.append(lines)  # a dropped line iterator would close its response
     assert batch_server.metrics()["interference_engine_slots_active"] == 8
     for r, c in zip(responses, clients, strict=True):
         r.close()
@@ -177,7 +178,8 @@ def test_queue_overflow_gives_429(tmp_path: Path) -> None:
         running = holder.send(
             holder.build_request("POST", f"{s.url}/v1/chat/completions", json=body), stream=True
         )
-        next(running.iter_lines())
+        running_lines = running.iter_lines()
+        next(running_lines)
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(stream_chat, s.url, PROMPTS[1], max_tokens=4)
             wait_for(lambda: s.metrics()["interference_engine_requests_waiting"] == 1)
