@@ -1,12 +1,10 @@
-"""Shared helpers for the benchmarks: servers, memory, streaming client, stats."""
+"""Shared helpers for the benchmarks: GGUF lookup, servers, streaming client, stats."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -48,70 +46,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, memory and software versions of the machine running the benchmark."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal:")
-        )
-    except (OSError, StopIteration):
-        mem_kb = 0
-    try:
-        lcp = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        lcp = None
-    return {
-        "cpu": cpu,
-        "cpus_visible": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "mem_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "llama_cpp_python": lcp,
-    }
-
-
-def _children(pid: int) -> list[int]:
-    """All descendant pids of ``pid`` (via /proc/*/stat)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory (VmRSS) of ``pid`` plus its descendants, in MiB."""
-    total_kb = 0
-    for p in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return round(total_kb / 1024, 1)
-
-
 @dataclass
 class Server:
     """A benchmarked server process."""
@@ -124,6 +58,7 @@ class Server:
     t_spawn: float
     cold_start_healthy_s: float = float("nan")
     cold_start_first_answer_s: float = float("nan")
+    cold_start_foreign_cpu: float = float("nan")
     model: str = ""
 
     @property

@@ -154,7 +154,13 @@ def test_penalties_user_and_unknown_fields_accepted(client: openai.OpenAI) -> No
 
 
 def test_aliases_and_model_id_all_answer(client: openai.OpenAI, server: RunningServer) -> None:
-    ids = [m.id for m in client.models.list().data]
+    embedding_ids = {
+        "all-MiniLM-L6-v2",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+        "text-embedding-ada-002",
+    }
+    ids = [m.id for m in client.models.list().data if m.id not in embedding_ids]
     for name in ids:
         r = client.chat.completions.create(model=name, messages=POEM, max_tokens=2)
         assert r.model == name

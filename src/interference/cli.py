@@ -55,6 +55,18 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
     )
+    g.add_argument(
+        "--embedding-model",
+        metavar="PATH",
+        help="GGUF file or sentence-transformers BERT folder for /v1/embeddings (default: all-MiniLM-L6-v2)",
+    )
+    g.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_const",
+        const=False,
+        help="do not load an embedding model",
+    )
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -110,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
-    "request_timeout", "aliases", "api_keys", "log_level",
+    "request_timeout", "aliases", "api_keys", "log_level", "embeddings", "embedding_model",
 )  # fmt: skip
 
 
@@ -227,4 +239,15 @@ def _models(args: argparse.Namespace) -> int:
     name = settings.model_name or model_id_for(path)
     aliases = f"  aliases: {', '.join(settings.aliases)}" if settings.aliases else ""
     print(f"{name}  ->  local {path}{aliases}")
+    if settings.embeddings:
+        from .engine.embedding_source import EmbeddingSource
+        from .providers.local_embeddings import EMBEDDING_ALIASES
+
+        try:
+            source = EmbeddingSource.find(settings.embedding_model)
+        except ModelLoadError as exc:
+            return _fail(str(exc))
+        if source is not None:
+            aliases = f"  aliases: {', '.join(EMBEDDING_ALIASES)}"
+            print(f"{source.name}  ->  local embeddings {source.path}{aliases}")
     return 0

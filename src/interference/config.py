@@ -106,6 +106,10 @@ class Settings(EngineOptions):
     api_keys: tuple[SecretStr, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Local embeddings for /v1/embeddings: on by default with the bundled all-MiniLM-L6-v2;
+    # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
+    embeddings: bool = True
+    embedding_model: str | None = None
 
     @property
     def engine_options(self) -> EngineOptions:
@@ -128,6 +132,8 @@ _ENV_KEYS = {
     "API_KEYS": "api_keys",
     "API_KEY": "api_keys",
     "LOG_LEVEL": "log_level",
+    "EMBEDDINGS": "embeddings",
+    "EMBEDDING_MODEL": "embedding_model",
 }
 _LIST_KEYS = {"aliases", "api_keys"}
 

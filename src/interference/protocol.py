@@ -29,10 +29,14 @@ __all__ = [
     "ErrorResponse",
     "ModelCard",
     "ModelList",
+    "NamedToolChoice",
+    "ParamError",
     "PromptTokensDetails",
+    "ResponseFormat",
     "ResponseMessage",
     "StreamOptions",
     "TextPart",
+    "Tool",
     "Usage",
     "new_id",
 ]
@@ -45,6 +49,14 @@ def new_id(prefix: str) -> str:
 
 def _now() -> int:
     return int(time.time())
+
+
+class ParamError(ValueError):
+    """A cross-field rule broken by one named parameter (becomes a 400 naming ``param``)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class WireModel(BaseModel):
@@ -105,7 +117,7 @@ class SamplingFields(WireModel):
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise ParamError("stream_options is only allowed when stream is true", param="stream_options")
         return self
 
     @property
@@ -160,6 +172,48 @@ class ChatMessage(WireModel):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
+class FunctionDefinition(WireModel):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaFormat(WireModel):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        return self
+
+
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions: https://platform.openai.com/docs/api-reference/chat/create"""
 
@@ -168,10 +222,26 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = None
     max_completion_tokens: PositiveInt | None = None
     max_tokens: PositiveInt | None = None
-    response_format: dict[str, Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {t.function.name for t in self.tools or []}
+            if self.tool_choice.function.name not in names:
+                raise ParamError(
+                    f"tool_choice names '{self.tool_choice.function.name}', which is not in tools",
+                    param="tool_choice",
+                )
+        elif self.tool_choice == "required" and not self.tools:
+            raise ParamError("tool_choice 'required' needs tools", param="tool_choice")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ParamError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        return self
 
     @property
     def max_new_tokens(self) -> int | None:

@@ -1,9 +1,19 @@
 """Model names and aliases to deployments; load balancing and failover across them.
 
 A request names a public model (or an alias). Its route lists deployments (a provider plus the
-model name that provider knows). The router orders them by strategy, skips those cooling down,
-and opens the stream on the first that answers; a retryable failure before the first delta moves on
-to the next deployment and puts the failed one in cooldown.
+model name that provider knows). The router orders them by strategy, healthy ones first, and opens
+the stream on the first that answers:
+
+- a retryable ``UpstreamError`` before the first delta (connect error, timeout, 429, 5xx, garbage)
+  moves on to the next deployment and puts the failed one in cooldown (a circuit breaker that
+  closes by itself when the cooldown ends, or at once when a last-resort attempt succeeds);
+- ``Overloaded`` (a local engine's full queue) moves on without cooldown: the engine is healthy;
+- any other error is the request's fault and is raised as is, before any byte is sent;
+- a failure after the first delta cannot be retried (the client has output): it is raised to the
+  serving layer, which ends the stream with an error event, and the deployment cools down.
+
+Deployments in cooldown are tried last, soonest-to-recover first, so a request still succeeds when
+every deployment believed healthy fails but one believed down has come back.
 """
 
 from __future__ import annotations
@@ -15,11 +25,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from .errors import ModelNotFound, UpstreamError
+from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard
-from .providers.base import Delta, Provider
+from .protocol_embeddings import EmbeddingRequest
+from .providers.base import Delta, Embeddings, Provider
 
-__all__ = ["Deployment", "Route", "Router"]
+__all__ = ["Deployment", "Health", "Route", "Router"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +55,18 @@ class Deployment:
     def is_available(self, now: float) -> bool:
         if self.health is Health.COOLING_DOWN and now >= self.cooldown_until:
             self.health = Health.UP
+            logger.info("deployment %s (%s) is back from cooldown", self.provider.name, self.model)
         return self.health is Health.UP
 
     def cool_down(self, seconds: float, now: float) -> None:
+        if seconds <= 0:
+            return
         self.health = Health.COOLING_DOWN
         self.cooldown_until = now + seconds
+
+    def recover(self) -> None:
+        self.health = Health.UP
+        self.cooldown_until = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -61,19 +79,25 @@ class Route:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def ordered(self, now: float) -> list[Deployment]:
-        """Deployments to try, best first; cooling ones last (tried only when nothing else is up)."""
+        """Deployments to try, best first; those cooling down come last, soonest to recover first."""
         up = [d for d in self.deployments if d.is_available(now)]
-        down = sorted((d for d in self.deployments if d not in up), key=lambda d: d.cooldown_until)
+        down = sorted(
+            (d for d in self.deployments if d.health is Health.COOLING_DOWN), key=lambda d: d.cooldown_until
+        )
         if len(up) > 1:
             first = self._pick(up)
             up.remove(first)
-            up.sort(key=lambda d: d.outstanding)
+            up.sort(key=lambda d: d.outstanding / d.weight)
             up.insert(0, first)
         return up + down
 
     def _pick(self, up: list[Deployment]) -> Deployment:
         if self.strategy == "least_outstanding":
-            return min(up, key=lambda d: (d.outstanding / d.weight, -d.weight))
+            least = min(d.outstanding / d.weight for d in up)
+            # Ties (an idle route, say) are shared out by weight instead of always going to the first.
+            up = [d for d in up if d.outstanding / d.weight == least]
+            if len(up) == 1:
+                return up[0]
         # Smooth weighted round-robin (as nginx does): even spread, exact proportions.
         total = sum(d.weight for d in up)
         for d in up:
@@ -116,7 +140,9 @@ class Router:
         cards: list[ModelCard] = []
         for route in self._routes:
             cards.append(ModelCard(id=route.name, created=route.created))
-            cards.extend(ModelCard(id=a, created=route.created) for a in route.aliases if self._by_name[a] is route)
+            cards.extend(
+                ModelCard(id=a, created=route.created) for a in route.aliases if self._by_name[a] is route
+            )
         return cards
 
     def card(self, name: str) -> ModelCard:
@@ -129,35 +155,81 @@ class Router:
     def complete(self, request: CompletionRequest) -> AsyncIterator[Delta]:
         return self._open(request, lambda p, m: p.complete(request, model=m))
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """One embeddings call, with the failover rules of a stream that fails before its first delta."""
+        route = self.resolve(request.model)
+        last_error: InterferenceError | None = None
+        for deployment in route.ordered(self._clock()):
+            deployment.outstanding += 1
+            try:
+                result = await deployment.provider.embed(request, model=deployment.model)
+            except Overloaded as exc:
+                last_error = exc
+                continue
+            except UpstreamError as exc:
+                if not exc.retryable:
+                    raise
+                last_error = exc
+                deployment.cool_down(route.cooldown, self._clock())
+                logger.warning(
+                    "deployment %s of %s failed, cooling down for %g s: %s",
+                    deployment.provider.name, route.name, route.cooldown, exc.message,
+                )  # fmt: skip
+                continue
+            finally:
+                deployment.outstanding -= 1
+            deployment.recover()
+            return result
+        assert last_error is not None
+        raise last_error
+
     async def _open(
         self,
         request: RequestT,
         call: Callable[[Provider, str], AsyncIterator[Delta]],
     ) -> AsyncIterator[Delta]:
         route = self.resolve(request.model)
-        last_error: UpstreamError | None = None
+        last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             stream = call(deployment.provider, deployment.model)
             deployment.outstanding += 1
+            started = False
             try:
                 try:
                     first = await anext(stream)
                 except StopAsyncIteration:
+                    deployment.recover()
                     return
+                except Overloaded as exc:
+                    last_error = exc
+                    logger.info(
+                        "deployment %s of %s is full; trying the next", deployment.provider.name, route.name
+                    )
+                    continue
                 except UpstreamError as exc:
                     if not exc.retryable:
                         raise
                     last_error = exc
                     deployment.cool_down(route.cooldown, self._clock())
                     logger.warning(
-                        "deployment %s of %s failed before its first byte (%s); trying the next",
-                        deployment.provider.name, route.name, exc.message,
-                    )
+                        "deployment %s of %s failed before its first byte, cooling down for %g s: %s",
+                        deployment.provider.name, route.name, route.cooldown, exc.message,
+                    )  # fmt: skip
                     continue
+                deployment.recover()
+                started = True
                 yield first
                 async for delta in stream:
                     yield delta
                 return
+            except UpstreamError as exc:
+                if started and exc.retryable:
+                    deployment.cool_down(route.cooldown, self._clock())
+                    logger.warning(
+                        "deployment %s of %s failed mid-stream, cooling down for %g s: %s",
+                        deployment.provider.name, route.name, route.cooldown, exc.message,
+                    )  # fmt: skip
+                raise
             finally:
                 deployment.outstanding -= 1
                 await _aclose(stream)

@@ -13,6 +13,7 @@ from ..config import Settings
 from ..router import Route, Router
 from .auth import ApiKeyMiddleware
 from .errors import install_error_handlers
+from .metrics import Metrics, MetricsMiddleware
 from .routes import api_router, health_router
 from .state import AppState
 
@@ -46,11 +47,14 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
         docs_url="/docs",
         redoc_url=None,
     )
+    metrics = Metrics(router)
     app.state.interference = AppState.build(router)
+    app.add_api_route("/metrics", metrics.render, methods=["GET"], include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

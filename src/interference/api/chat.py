@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+import orjson
+from starlette.responses import Response, StreamingResponse
 
 from ..protocol import ChatCompletionRequest, new_id
 from ..providers.base import Delta, TokenUsage
@@ -34,17 +35,16 @@ class ChatServing:
                 }
                 for i in folded.indices
             ]
-            return JSONResponse(
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "usage": usage_dict(folded.usage),
-                    "system_fingerprint": None,
-                }
-            )
+            body = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": usage_dict(folded.usage),
+                "system_fingerprint": None,
+            }
+            return Response(orjson.dumps(body), media_type="application/json")
 
         def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
             return {

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from ..errors import InterferenceError, InvalidRequest, NotFound, Overloaded
-from ..protocol import ErrorBody, ErrorResponse
+from ..protocol import ErrorBody, ErrorResponse, ParamError
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "validation_error"]
 
@@ -47,6 +47,9 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     err = errors[0]
     if err.get("type") == "json_invalid":
         return InvalidRequest(f"We could not parse the JSON body of your request: {err.get('msg')}")
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ParamError):
+        return InvalidRequest(str(cause), param=cause.param)
     param = _param(tuple(err.get("loc", ())))
     msg = str(err.get("msg", "invalid value"))
     if err.get("type") == "missing":

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from ..protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from ..protocol_embeddings import EmbeddingRequest
+from ..protocol_responses import ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .state import AppState
@@ -48,6 +50,18 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await with_cancellation(request, _state(request).completions.create(body))
+
+
+@api_router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await _parse(request, EmbeddingRequest)
+    return await with_cancellation(request, _state(request).embeddings.create(body))
+
+
+@api_router.post("/responses")
+async def responses(request: Request) -> Response:
+    body = await _parse(request, ResponseRequest)
+    return await with_cancellation(request, _state(request).responses.create(body))
 
 
 @api_router.get("/models")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from ..router import Router
 from .chat import ChatServing
 from .completions import CompletionServing
+from .embeddings import EmbeddingServing
+from .responses import ResponseServing
 
 __all__ = ["AppState"]
 
@@ -16,7 +18,15 @@ class AppState:
     router: Router
     chat: ChatServing
     completions: CompletionServing
+    embeddings: EmbeddingServing
+    responses: ResponseServing
 
     @classmethod
     def build(cls, router: Router) -> AppState:
-        return cls(router=router, chat=ChatServing(router), completions=CompletionServing(router))
+        return cls(
+            router=router,
+            chat=ChatServing(router),
+            completions=CompletionServing(router),
+            embeddings=EmbeddingServing(router),
+            responses=ResponseServing(router),
+        )

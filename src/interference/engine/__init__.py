@@ -3,7 +3,7 @@
 from ._llama import ModelLoadError
 from .engine import EMBEDDED_MODEL_FILE, Engine, EngineConfig, embedded_model_path, model_id_for
 from .handle import QueueFull, RequestHandle
-from .types import EngineOutput, EngineRequest, FinishReason, SamplingParams
+from .types import EngineOutput, EngineRequest, FinishReason, SamplingParams, TokenLogprob
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
@@ -16,6 +16,7 @@ __all__ = [
     "QueueFull",
     "RequestHandle",
     "SamplingParams",
+    "TokenLogprob",
     "embedded_model_path",
     "model_id_for",
 ]

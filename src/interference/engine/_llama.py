@@ -1,6 +1,7 @@
 """A typed wrapper over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
 
-The only module that imports ``llama_cpp``. One ``LlamaRuntime`` owns a model, one context with
+The text-generation engine's only door to ``llama_cpp`` (embeddings have their own, in
+``embeddings.py``). One ``LlamaRuntime`` owns a model, one context with
 ``n_seq`` sequences, its memory handle and one reusable batch. It is not thread-safe: the scheduler
 thread is its only user once serving starts.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp.llama_cpp as C
+import numpy as np
+import numpy.typing as npt
 
 __all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "quiet_llama_logs"]
 
@@ -207,6 +210,14 @@ class LlamaRuntime:
 
     def sample(self, sampler: Any, row: int) -> int:
         return int(C.llama_sampler_sample(sampler, self._ctx, row))
+
+    def log_probs(self, row: int) -> npt.NDArray[np.float32]:
+        """Log-softmax of one output row's logits (valid only until the next decode)."""
+        ptr = C.llama_get_logits_ith(self._ctx, row)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        shifted: npt.NDArray[np.float32] = logits - logits.max()
+        result: npt.NDArray[np.float32] = shifted - np.log(np.exp(shifted).sum())
+        return result
 
     @property
     def ctx(self) -> Any:

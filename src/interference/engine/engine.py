@@ -109,6 +109,16 @@ class Engine:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.runtime.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
+    def check_grammar(self, gbnf: str) -> bool:
+        """Whether llama.cpp can parse this GBNF (root rule ``root``)."""
+        from .sampling import Sampler
+
+        sampler = Sampler.grammar(self.runtime.vocab, gbnf)
+        if sampler is None:
+            return False
+        Sampler.free_sampler(sampler)
+        return True
+
     def submit(self, request: EngineRequest) -> RequestHandle:
         return self.scheduler.submit(request)
 

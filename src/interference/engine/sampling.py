@@ -20,20 +20,32 @@ class Sampler:
 
     __slots__ = ("_chain", "seed")
 
-    def __init__(self, params: SamplingParams, *, n_vocab: int) -> None:
+    def __init__(self, params: SamplingParams, *, n_vocab: int, grammar: Any = None) -> None:
         self.seed = params.seed if params.seed is not None else random.getrandbits(32)
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         if not chain:
             raise MemoryError("llama_sampler_chain_init failed")
         self._chain: Any = chain
         try:
-            for s in self._stages(params, n_vocab):
+            # The grammar goes first: it masks what may follow, then the chain samples among the rest.
+            stages = ([grammar] if grammar is not None else []) + self._stages(params, n_vocab)
+            for s in stages:
                 if not s:
                     raise MemoryError("a llama.cpp sampler could not be created")
                 C.llama_sampler_chain_add(chain, s)  # the chain owns it from here
         except BaseException:
             self.free()
             raise
+
+    @staticmethod
+    def grammar(vocab: Any, gbnf: str) -> Any:
+        """A grammar sampler, or None when llama.cpp cannot parse ``gbnf``."""
+        sampler = C.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        return sampler or None
+
+    @staticmethod
+    def free_sampler(sampler: Any) -> None:
+        C.llama_sampler_free(sampler)
 
     def _stages(self, p: SamplingParams, n_vocab: int) -> list[Any]:
         stages: list[Any] = []

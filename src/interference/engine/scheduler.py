@@ -14,13 +14,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from ._llama import LlamaRuntime
 from .detok import IncrementalDetokenizer, StopMatcher
 from .handle import HandleState, QueueFull, RequestHandle, WaitQueue
 from .prefix import SlotView, pick_slot
 from .sampling import Sampler
-from .types import EngineOutput, EngineRequest, FinishReason
+from .types import EngineOutput, EngineRequest, FinishReason, TokenLogprob
 
 __all__ = ["EngineStats", "QueueFull", "RequestHandle", "Scheduler"]
 
@@ -45,6 +48,7 @@ class _Job:
     row: int = -1  # batch row holding this job's logits in the current step
     n_generated: int = 0
     added: int = 0  # tokens this job put in the current batch
+    logprobs: list[TokenLogprob] | None = None  # gathered since the last output
 
 
 @dataclass(eq=False, slots=True)
@@ -171,9 +175,16 @@ class Scheduler:
             self._rt.seq_clear(slot.seq)
             n_past = 0
         del slot.tokens[n_past:]
-        sampler = Sampler(req.sampling, n_vocab=self._rt.n_vocab)
+        grammar = None
+        if req.grammar is not None:
+            grammar = Sampler.grammar(self._rt.vocab, req.grammar)
+            if grammar is None:
+                raise ValueError("the grammar does not parse")
+        sampler = Sampler(req.sampling, n_vocab=self._rt.n_vocab, grammar=grammar)
         slot.job = _Job(handle=handle, sampler=sampler, n_cached=n_past, cursor=n_past)
         slot.job.stops = StopMatcher(list(req.stop))
+        if req.top_logprobs is not None:
+            slot.job.logprobs = []
         handle.state = HandleState.RUNNING
         logger.debug(
             "request %s -> slot %d, %d/%d prompt tokens cached",
@@ -263,7 +274,28 @@ class Scheduler:
                 slot.tokens.extend(prompt[job.cursor : job.cursor + job.added])
                 job.cursor += job.added
             if job.row >= 0:
-                self._on_token(slot, job, rt.sample(job.sampler.chain, job.row))
+                if job.logprobs is not None:
+                    log_probs = rt.log_probs(job.row)
+                token = rt.sample(job.sampler.chain, job.row)
+                if job.logprobs is not None:
+                    job.logprobs.append(
+                        self._token_logprob(token, log_probs, job.handle.request.top_logprobs or 0)
+                    )
+                self._on_token(slot, job, token)
+
+    def _token_logprob(self, token: int, log_probs: Any, k: int) -> TokenLogprob:
+        top: tuple[tuple[bytes, float], ...] = ()
+        if k > 0:
+            best = np.argpartition(log_probs, -k)[-k:]
+            best = best[np.argsort(log_probs[best])[::-1]]
+            top = tuple((self._rt.piece(int(t)), float(log_probs[t])) for t in best)
+        return TokenLogprob(self._rt.piece(token), float(log_probs[token]), top)
+
+    def _take_logprobs(self, job: _Job) -> list[TokenLogprob] | None:
+        if job.logprobs is None:
+            return None
+        taken, job.logprobs = job.logprobs, []
+        return taken
 
     def _on_token(self, slot: _Slot, job: _Job, token: int) -> None:
         rt = self._rt
@@ -274,18 +306,21 @@ class Scheduler:
         text = ""
         if rt.is_eog(token):
             finish = FinishReason.STOP
+            if job.logprobs:
+                job.logprobs.pop()  # the end-of-turn token is not part of the answer
         else:
             text = job.stops.feed(job.detok.decode(rt.piece(token)))
             if job.stops.stopped:
                 finish = FinishReason.STOP
-            elif req.max_tokens is not None and job.n_generated >= req.max_tokens:
-                finish = FinishReason.LENGTH
-            elif len(slot.tokens) + 1 >= rt.n_ctx_seq:  # no room left to decode this token
-                finish = FinishReason.LENGTH
+            else:
+                budget_spent = req.max_tokens is not None and job.n_generated >= req.max_tokens
+                context_full = len(slot.tokens) + 1 >= rt.n_ctx_seq  # no room to decode this token
+                if budget_spent or context_full:
+                    finish = FinishReason.LENGTH
         if finish is None:
             job.pending = token
             if text:
-                job.handle.push(EngineOutput(text=text))
+                job.handle.push(EngineOutput(text=text, logprobs=self._take_logprobs(job)))
             return
         if not job.stops.stopped:
             text += job.stops.feed(job.detok.flush())
@@ -303,5 +338,6 @@ class Scheduler:
                 prompt_tokens=len(req.prompt),
                 completion_tokens=job.n_generated,
                 cached_tokens=job.n_cached,
+                logprobs=self._take_logprobs(job),
             ),
         )

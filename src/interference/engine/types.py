@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["EngineOutput", "EngineRequest", "FinishReason", "SamplingParams"]
+__all__ = ["EngineOutput", "EngineRequest", "FinishReason", "SamplingParams", "TokenLogprob"]
 
 
 class FinishReason(enum.StrEnum):
@@ -37,6 +37,17 @@ class EngineRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF the output must match (root rule "root")
+    top_logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token's log-probability and the most likely alternatives at that position."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -49,3 +60,4 @@ class EngineOutput:
     completion_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None

@@ -7,9 +7,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol import ChatCompletionRequest, CompletionRequest
+import numpy as np
+import numpy.typing as npt
 
-__all__ = ["Delta", "Provider", "TokenUsage"]
+from ..errors import InvalidRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest
+from ..protocol_embeddings import EmbeddingRequest
+
+__all__ = ["Delta", "Embeddings", "Provider", "TokenUsage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,14 @@ class Delta:
     logprobs: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors of one embeddings request, one row per input in input order, and its token count."""
+
+    vectors: npt.NDArray[np.float32]
+    prompt_tokens: int
+
+
 class Provider(abc.ABC):
     """A backend that can serve completions for the model ids it was configured with.
 
@@ -52,6 +65,10 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]: ...
+
+    async def embed(self, request: EmbeddingRequest, *, model: str) -> Embeddings:
+        """Embed ``request.input``; backends without an embedding model keep this default (a 400)."""
+        raise InvalidRequest(f"The model '{request.model}' does not support embeddings.", param="model")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (threads, connection pools)."""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import EngineOptions, LocalDeployment, OpenAIDeployment, Settings
 from ..engine import Engine, EngineConfig, embedded_model_path, model_id_for
 from ..router import Deployment, Route
 from .base import Provider
 from .local import LocalProvider
+from .local_embeddings import EMBEDDING_ALIASES, embedding_provider
+
+if TYPE_CHECKING:
+    from .upstream import UpstreamPool
 
 __all__ = ["build_routes", "load_engine"]
 
@@ -34,26 +40,36 @@ def load_engine(path: str | None, options: EngineOptions) -> Engine:
     return engine
 
 
-def _provider(deployment: LocalDeployment | OpenAIDeployment, engines: dict[str, Provider]) -> Provider:
+@dataclass(slots=True)
+class _Shared:
+    """What deployments share: one engine per GGUF, one HTTP client pool for every upstream."""
+
+    engines: dict[str, Provider] = field(default_factory=dict)
+    pool: UpstreamPool | None = None
+
+
+def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -> Provider:
     if isinstance(deployment, LocalDeployment):
         key = str(deployment.path)
-        if key not in engines:
+        if key not in shared.engines:
             engine = load_engine(deployment.path, deployment)
-            engines[key] = LocalProvider(engine, name=f"local:{model_id_for(engine.info.path)}")
-        return engines[key]
-    from .upstream import UpstreamProvider  # only gateway configs need httpx machinery
+            shared.engines[key] = LocalProvider(engine, name=f"local:{model_id_for(engine.info.path)}")
+        return shared.engines[key]
+    from .upstream import UpstreamPool, UpstreamProvider  # only gateway configs need httpx machinery
 
-    return UpstreamProvider(deployment)
+    if shared.pool is None:
+        shared.pool = UpstreamPool()
+    return UpstreamProvider(deployment, pool=shared.pool)
 
 
 def build_routes(settings: Settings) -> list[Route]:
     """Configured models first (they win alias clashes), then the default local model."""
-    engines: dict[str, Provider] = {}
+    shared = _Shared()
     routes: list[Route] = []
     for entry in settings.models:
         deployments = []
         for d in entry.deployments:
-            provider = _provider(d, engines)
+            provider = _provider(d, shared)
             upstream_name = d.model if isinstance(d, OpenAIDeployment) and d.model else entry.name
             deployments.append(Deployment(provider=provider, model=upstream_name, weight=d.weight))
         routes.append(
@@ -66,8 +82,12 @@ def build_routes(settings: Settings) -> list[Route]:
             )
         )
     default = LocalDeployment(path=settings.model, **settings.engine_options.model_dump())
-    provider = _provider(default, engines)
+    provider = _provider(default, shared)
     assert isinstance(provider, LocalProvider)
     name = settings.model_name or model_id_for(provider.engine.info.path)
     routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
+    embedder = embedding_provider(settings)
+    if embedder is not None:
+        deployment = Deployment(embedder, embedder.model_name)
+        routes.append(Route(name=embedder.model_name, deployments=[deployment], aliases=EMBEDDING_ALIASES))
     return routes

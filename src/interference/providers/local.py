@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +19,22 @@ from ..errors import (
 )
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
 from .base import Delta, Provider, TokenUsage
+from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
+from .tools import call_schema, message_dicts, tool_mode
 
 __all__ = ["LocalProvider"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to run one choice."""
+
+    prompt: list[int]
+    max_tokens: int | None
+    param: str
+    grammar: str | None = None
+    top_logprobs: int | None = None
+    legacy_logprobs: bool = False
 
 
 class LocalProvider(Provider):
@@ -38,17 +53,26 @@ class LocalProvider(Provider):
     # ------------------------------------------------------------------ requests
 
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        _reject_unsupported(request)
-        messages = [_template_message(m.role, m.text) for m in request.messages]
+        mode = tool_mode(request)
+        grammar = self._grammar(request, mode)
         try:
-            prompt = self.engine.render_chat(messages)
+            prompt = self.engine.render_chat(message_dicts(request))
         except TemplateError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
-        async for delta in self._generate(prompt, request, request.max_new_tokens, param="messages"):
+        top = (request.top_logprobs or 0) if request.logprobs else None
+        plan = _Plan(prompt, request.max_new_tokens, "messages", grammar=grammar, top_logprobs=top)
+        choices: list[AsyncIterator[Delta]] = []
+        for i in range(request.n or 1):
+            choice = self._generate(plan, request, index=i)
+            if mode != "none":
+                choice = shape_tool_calls(
+                    choice, tools=list(request.tools or []), constrained=grammar is not None
+                )
+            choices.append(choice)
+        async for delta in merge(choices):
             yield delta
 
     async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        _reject_unsupported(request)
         if request.suffix:
             raise UnsupportedParameter("suffix (fill-in-the-middle) is not supported", param="suffix")
         source = request.prompt_text
@@ -63,15 +87,47 @@ class LocalProvider(Provider):
             prompt = source
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
+        plan = _Plan(
+            prompt, request.max_tokens, "prompt", top_logprobs=request.logprobs, legacy_logprobs=True
+        )
+        echoed = ""
         if request.echo:
             echoed = source if isinstance(source, str) else self.engine.detokenize(prompt)
-            yield Delta(text=echoed)
-        async for delta in self._generate(prompt, request, request.max_tokens, param="prompt"):
+        choices = [self._generate(plan, request, index=i, echo=echoed) for i in range(request.n or 1)]
+        async for delta in merge(choices):
             yield delta
 
+    def _grammar(self, request: ChatCompletionRequest, mode: str) -> str | None:
+        from ..engine.json_schema import JSON_OBJECT_GBNF, UnsupportedSchema, schema_to_gbnf
+
+        schema: dict[str, Any] | None = None
+        param = "response_format"
+        if mode in ("required", "named"):
+            schema, param = call_schema(request), "tools"
+        elif request.response_format is not None and request.response_format.type == "json_object":
+            return JSON_OBJECT_GBNF
+        elif request.response_format is not None and request.response_format.type == "json_schema":
+            assert request.response_format.json_schema is not None
+            schema = request.response_format.json_schema.schema_
+            if not schema:
+                return JSON_OBJECT_GBNF
+        if schema is None:
+            return None
+        try:
+            gbnf = schema_to_gbnf(schema)
+        except UnsupportedSchema as exc:
+            raise UnsupportedParameter(
+                f"JSON schema keyword '{exc.keyword}' (at {exc.path or 'the root'}) is not supported: {exc}",
+                param=param,
+            ) from exc
+        if not self.engine.check_grammar(gbnf):
+            raise InvalidRequest("the JSON schema could not be turned into a grammar", param=param)
+        return gbnf
+
     async def _generate(
-        self, prompt: list[int], request: SamplingFields, max_tokens: int | None, *, param: str
+        self, plan: _Plan, request: SamplingFields, *, index: int, echo: str = ""
     ) -> AsyncIterator[Delta]:
+        prompt, max_tokens, param = plan.prompt, plan.max_tokens, plan.param
         n_ctx = self.engine.n_ctx_seq
         if len(prompt) >= n_ctx:
             raise ContextLengthExceeded(
@@ -89,9 +145,11 @@ class LocalProvider(Provider):
         engine_request = EngineRequest(
             request_id=new_id("req"),
             prompt=tuple(prompt),
-            sampling=self._sampling(request),
+            sampling=self._sampling(request, index),
             max_tokens=max_tokens,
             stop=tuple(request.stop_strings),
+            grammar=plan.grammar,
+            top_logprobs=plan.top_logprobs,
         )
         try:
             handle = self.engine.submit(engine_request)
@@ -99,24 +157,36 @@ class LocalProvider(Provider):
             raise Overloaded(
                 "The server is at capacity: too many requests are waiting. Retry shortly.", retry_after=1.0
             ) from None
+        offset = len(echo)
         try:
+            if echo:
+                yield Delta(text=echo, index=index)
             async for out in handle:
                 if out.error is not None:
                     if out.error == "request timed out":
                         raise RequestTimedOut("The request took longer than the server's request timeout.")
                     raise EngineFailure(out.error)
+                logprobs = None
+                if out.logprobs:
+                    if plan.legacy_logprobs:
+                        logprobs = completion_logprobs(out.logprobs, offset)
+                    else:
+                        logprobs = chat_logprobs(out.logprobs)
+                offset += len(out.text)
                 usage = None
                 if out.finish_reason is not None:
                     usage = TokenUsage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
                 yield Delta(
                     text=out.text,
+                    index=index,
                     finish_reason=str(out.finish_reason) if out.finish_reason else None,
                     usage=usage,
+                    logprobs=logprobs,
                 )
         finally:
             handle.abort()
 
-    def _sampling(self, request: SamplingFields) -> SamplingParams:
+    def _sampling(self, request: SamplingFields, index: int) -> SamplingParams:
         bias: list[tuple[int, float]] = []
         for key, value in (request.logit_bias or {}).items():
             try:
@@ -138,28 +208,7 @@ class LocalProvider(Provider):
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
             repeat_penalty=1.0 if request.repeat_penalty is None else request.repeat_penalty,
-            seed=request.seed,
+            # Each of n choices gets its own, still reproducible, seed.
+            seed=None if request.seed is None else (request.seed + index) & 0xFFFFFFFF,
             logit_bias=tuple(bias),
         )
-
-
-def _template_message(role: str, text: str) -> dict[str, Any]:
-    # "developer" is OpenAI's newer name for the system role; templates only know "system".
-    return {"role": "system" if role == "developer" else role, "content": text}
-
-
-def _reject_unsupported(request: SamplingFields) -> None:
-    if request.n is not None and request.n > 1:
-        raise UnsupportedParameter("n > 1 is not supported by the local engine yet", param="n")
-    if isinstance(request, ChatCompletionRequest):
-        if request.tools and request.tool_choice != "none":
-            raise UnsupportedParameter("tools are not supported by the local engine yet", param="tools")
-        fmt = (request.response_format or {}).get("type", "text")
-        if fmt != "text":
-            raise UnsupportedParameter(
-                f"response_format '{fmt}' is not supported yet", param="response_format"
-            )
-        if request.logprobs:
-            raise UnsupportedParameter("logprobs are not supported by the local engine yet", param="logprobs")
-    elif isinstance(request, CompletionRequest) and request.logprobs:
-        raise UnsupportedParameter("logprobs are not supported by the local engine yet", param="logprobs")

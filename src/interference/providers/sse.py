@@ -1,0 +1,73 @@
+"""An incremental decoder for server-sent events, as upstream OpenAI-compatible servers send them.
+
+It follows the WHATWG event-stream rules that matter for completions: lines end in LF, CRLF or a
+lone CR (a trailing CR is held until the next chunk shows whether LF follows), ``:`` starts a
+comment, ``data`` lines of one event are joined with LF, a blank line ends the event, other fields
+(``event``, ``id``, ``retry``) are ignored. ``[DONE]`` is returned like any other payload.
+
+    decoder = SSEDecoder()
+    for chunk in chunks:
+        for data in decoder.decode(chunk):
+            ...
+    leftover = decoder.flush()
+"""
+
+from __future__ import annotations
+
+__all__ = ["SSEDecoder"]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEDecoder:
+    """Turns byte chunks, split anywhere, into the ``data`` payloads of complete events."""
+
+    __slots__ = ("_data", "_pending", "_started")
+
+    def __init__(self) -> None:
+        self._pending = b""  # an incomplete line (or one ending in CR that may yet become CRLF)
+        self._data: list[str] = []  # data lines of the event being read
+        self._started = False
+
+    def decode(self, chunk: bytes) -> list[str]:
+        """The payloads of the events that ``chunk`` completes."""
+        buffer = self._pending + chunk if self._pending else chunk
+        if not self._started:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._pending = buffer
+                return []
+            self._started = True
+            buffer = buffer.removeprefix(_BOM)
+        lines = buffer.splitlines(keepends=True)  # bytes split on LF, CRLF and CR only
+        if lines and not lines[-1].endswith(b"\n"):
+            self._pending = lines.pop()
+        else:
+            self._pending = b""
+        events: list[str] = []
+        for line in lines:
+            self._line(line.rstrip(b"\r\n"), events)
+        return events
+
+    def flush(self) -> list[str]:
+        """Whatever the stream's end completes (servers often omit the final blank line)."""
+        events: list[str] = []
+        if self._pending:
+            self._line(self._pending.rstrip(b"\r\n"), events)
+            self._pending = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[str]) -> None:
+        if not line:
+            if self._data:
+                events.append("\n".join(self._data))
+                self._data = []
+            return
+        if line.startswith(b":"):
+            return
+        name, sep, value = line.partition(b":")
+        if name != b"data":
+            return
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        self._data.append(value.decode("utf-8", "replace"))

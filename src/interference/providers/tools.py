@@ -1,0 +1,171 @@
+"""Function calling for local models: the prompt format, the constraint and the parser.
+
+Models whose chat template knows nothing of tools get them described in a system message, and are
+asked to answer a call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the format
+Hermes- and Qwen-style models were trained on). When the request makes a call mandatory
+(``tool_choice`` "required" or a named function), the output is constrained by a JSON schema
+grammar, so the arguments always parse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from ..protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
+
+__all__ = [
+    "TOOL_CALL_OPEN",
+    "call_schema",
+    "calls_from_json",
+    "message_dicts",
+    "parse_tagged_calls",
+    "tool_mode",
+]
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+_TAGGED = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def tool_mode(request: ChatCompletionRequest) -> str:
+    """'none', 'auto', 'required' or 'named'."""
+    if not request.tools or request.tool_choice == "none":
+        return "none"
+    if isinstance(request.tool_choice, NamedToolChoice):
+        return "named"
+    return "required" if request.tool_choice == "required" else "auto"
+
+
+def _system_prompt(tools: list[Tool], mode: str) -> str:
+    specs = "\n".join(
+        json.dumps(
+            {
+                "name": t.function.name,
+                "description": t.function.description or "",
+                "parameters": t.function.parameters or {"type": "object", "properties": {}},
+            }
+        )
+        for t in tools
+    )
+    rule = (
+        "You must call one of these functions."
+        if mode in ("required", "named")
+        else "If a function would help, call it; otherwise answer normally."
+    )
+    return (
+        "You can call functions. They are described here as JSON:\n<tools>\n"
+        f"{specs}\n</tools>\n{rule} To call a function, reply with\n"
+        f'{TOOL_CALL_OPEN}{{"name": <function-name>, "arguments": <arguments-object>}}{TOOL_CALL_CLOSE}'
+    )
+
+
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
+    role = "system" if message.role == "developer" else message.role
+    text = message.text
+    if message.role == "assistant" and message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            fn = call.get("function") or {}
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except (TypeError, ValueError):
+                args = fn.get("arguments")
+            calls.append(
+                f"{TOOL_CALL_OPEN}{json.dumps({'name': fn.get('name'), 'arguments': args})}{TOOL_CALL_CLOSE}"
+            )
+        text = (text + "\n" if text else "") + "\n".join(calls)
+    if message.role == "function":
+        role = "tool"
+    return {"role": role, "content": text}
+
+
+def message_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The conversation as template messages, with the tool description prepended when tools are on."""
+    messages = [_message_dict(m) for m in request.messages]
+    mode = tool_mode(request)
+    if mode == "none":
+        return messages
+    tools = list(request.tools or [])
+    if isinstance(request.tool_choice, NamedToolChoice):
+        tools = [t for t in tools if t.function.name == request.tool_choice.function.name]
+    prompt = _system_prompt(tools, mode)
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + prompt}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
+
+
+def _arguments_schema(tool: Tool) -> dict[str, Any]:
+    params = tool.function.parameters
+    if not params:
+        return {"type": "object", "properties": {}, "additionalProperties": False}
+    return params
+
+
+def call_schema(request: ChatCompletionRequest) -> dict[str, Any]:
+    """A JSON schema for a mandatory call: one call object, or a list of them when parallel calls are on."""
+    tools = list(request.tools or [])
+    if isinstance(request.tool_choice, NamedToolChoice):
+        tools = [t for t in tools if t.function.name == request.tool_choice.function.name]
+    alternatives = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.function.name}, "arguments": _arguments_schema(t)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    one = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    if request.parallel_tool_calls is False or isinstance(request.tool_choice, NamedToolChoice):
+        schema = dict(one)
+    else:
+        schema = {"type": "array", "items": one, "minItems": 1, "maxItems": 8}
+    # "$ref": "#/$defs/X" inside a tool's parameters resolves from the document root: hoist the definitions.
+    defs: dict[str, Any] = {}
+    for t in tools:
+        for key in ("$defs", "definitions"):
+            defs.update((t.function.parameters or {}).get(key) or {})
+    if defs:
+        schema["$defs"] = defs
+        schema["definitions"] = defs
+    return schema
+
+
+def _call(name: str, arguments: Any) -> dict[str, Any]:
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
+
+
+def calls_from_json(text: str) -> list[dict[str, Any]] | None:
+    """Tool calls from a constrained answer (one call object or a list of them)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        calls.append(_call(item["name"], item.get("arguments", {})))
+    return calls or None
+
+
+def parse_tagged_calls(text: str, tools: list[Tool]) -> list[dict[str, Any]] | None:
+    """Tool calls written as ``<tool_call>{...}</tool_call>`` in a free answer, if any parse."""
+    names = {t.function.name for t in tools}
+    calls = []
+    for match in _TAGGED.finditer(text):
+        try:
+            item = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("name") in names:
+            calls.append(_call(item["name"], item.get("arguments", {})))
+    return calls or None
