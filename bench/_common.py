@@ -9,6 +9,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,11 @@ def start_server(name: str, cmd: list[str], port: int, timeout: float = 300.0) -
         except (httpx.HTTPError, ValueError, KeyError, IndexError):
             srv.model = ""
     return srv
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks stop the spawned servers."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def stop_server(srv: Server, grace: float = 10.0) -> None:

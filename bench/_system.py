@@ -48,31 +48,6 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), idle
 
 
-def cpu_busy(interval: float = 2.0) -> float:
-    """Fraction of all CPUs busy over ``interval`` seconds (whole machine)."""
-    total0, idle0 = _cpu_times()
-    time.sleep(interval)
-    total1, idle1 = _cpu_times()
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def wait_until_quiet(max_wait: float, threshold: float = 0.15) -> float:
-    """Wait (up to ``max_wait`` s) until other load drops below ``threshold``; return it.
-
-    On a small shared machine, foreign load ruins decode timings: llama.cpp's
-    worker threads synchronise on every token, so one busy core stalls them all.
-    """
-    deadline = time.monotonic() + max_wait
-    busy = cpu_busy()
-    while busy > threshold and time.monotonic() < deadline:
-        print(f"machine is {busy:.0%} busy, waiting for it to go quiet...", file=sys.stderr)
-        time.sleep(5)
-        busy = cpu_busy()
-    if busy > threshold:
-        print(f"warning: benchmarking on a {busy:.0%} busy machine", file=sys.stderr)
-    return busy
-
-
 def _tree_ticks(pids: list[int]) -> int:
     """utime+stime (clock ticks) of ``pids`` and all their descendants."""
     ticks = 0
@@ -98,6 +73,30 @@ class ForeignLoad:
         span = max(total - self.total, 1)
         busy = span - (idle - self.idle)
         return max(0.0, (busy - (_tree_ticks(self.pids) - self.ours)) / span)
+
+
+def cpu_busy(interval: float = 2.0) -> float:
+    """Share of all CPUs used over ``interval`` s by processes other than us and our children."""
+    probe = ForeignLoad([])
+    time.sleep(interval)
+    return probe.fraction()
+
+
+def wait_until_quiet(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait (up to ``max_wait`` s) until other load drops below ``threshold``; return it.
+
+    On a small shared machine, foreign load ruins decode timings: llama.cpp's
+    worker threads synchronise on every token, so one busy core stalls them all.
+    """
+    deadline = time.monotonic() + max_wait
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        print(f"other processes use {busy:.0%} of the CPU, waiting...", file=sys.stderr)
+        time.sleep(5)
+        busy = cpu_busy()
+    if busy > threshold:
+        print(f"warning: other processes use {busy:.0%} of the CPU", file=sys.stderr)
+    return busy
 
 
 def _children(pid: int) -> list[int]:

@@ -24,6 +24,7 @@ from _common import (
     Server,
     StreamResult,
     embedded_gguf,
+    exit_on_sigterm,
     free_port,
     median,
     percentile,
@@ -182,6 +183,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    exit_on_sigterm()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     t, np_ = str(args.threads), str(args.parallel)
     plan: list[tuple[str, list[str], int]] = []

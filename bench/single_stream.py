@@ -24,6 +24,7 @@ from _common import (
     Server,
     StreamResult,
     embedded_gguf,
+    exit_on_sigterm,
     free_port,
     median,
     percentile,
@@ -145,6 +146,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    exit_on_sigterm()
     gguf = embedded_gguf()
     t = str(args.threads)
     plan: list[tuple[str, list[str], int]] = []

@@ -180,8 +180,14 @@ def test_tool_call_stream_deltas(client: openai.OpenAI) -> None:
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas
     assert deltas[0].id and deltas[0].function and deltas[0].function.name == "get_weather"
-    args = "".join(d.function.arguments or "" for d in deltas if d.function)
-    jsonschema.validate(json.loads(args), WEATHER_TOOL["function"]["parameters"])  # type: ignore[index]
+    arguments: dict[int, str] = {}
+    for d in deltas:
+        if d.id is not None:
+            assert d.id.startswith("call_") and d.index not in arguments
+            arguments[d.index] = ""
+        arguments[d.index] += (d.function.arguments if d.function else None) or ""
+    for args in arguments.values():
+        jsonschema.validate(json.loads(args), WEATHER_TOOL["function"]["parameters"])  # type: ignore[index]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
         "tool_calls"
     ]

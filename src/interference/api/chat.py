@@ -83,17 +83,17 @@ class ChatServing:
         def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
             return {**envelope([]), "usage": usage_dict(usage)}
 
-        role = {
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": None,
-            "finish_reason": None,
-        }
+        # Every choice opens with its role, as OpenAI streams n > 1.
+        roles = [
+            envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                       "finish_reason": None}])
+            for i in range(request.n or 1)
+        ]
         frames = sse_frames(
             first,
             stream,
             chunks=chunks,
-            opening=envelope([role]),
+            openings=roles,
             usage_chunk=usage_chunk if request.include_usage else None,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -68,7 +68,7 @@ class CompletionServing:
             first,
             stream,
             chunks=chunks,
-            opening=None,
+            openings=[],
             usage_chunk=usage_chunk if request.include_usage else None,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

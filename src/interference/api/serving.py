@@ -135,16 +135,16 @@ async def sse_frames(
     stream: AsyncIterator[Delta],
     *,
     chunks: Callable[[Delta], list[dict[str, Any]]],
-    opening: dict[str, Any] | None,
+    openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
 ) -> AsyncIterator[bytes]:
-    """Frame deltas as SSE: opening chunk, one chunk per delta, usage chunk, then ``[DONE]``.
+    """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
     A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``.
     """
     prompt = completion = cached = 0
     try:
-        if opening is not None:
+        for opening in openings:
             yield sse.encode(opening)
         async for delta in iter_all(first, stream):
             for payload in chunks(delta):
