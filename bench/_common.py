@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -80,6 +81,7 @@ def start_server(name: str, cmd: list[str], port: int, timeout: float = 300.0) -
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     srv = Server(name=name, cmd=cmd, port=port, proc=proc, log_path=log, t_spawn=t0)
+    _LIVE.append(srv)
     deadline = t0 + timeout
     with httpx.Client(timeout=2.0) as client:
         while time.perf_counter() < deadline:
@@ -103,6 +105,15 @@ def start_server(name: str, cmd: list[str], port: int, timeout: float = 300.0) -
     return srv
 
 
+_LIVE: list[Server] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for srv in list(_LIVE):
+        stop_server(srv)
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so ``finally`` blocks stop the spawned servers."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -110,6 +121,8 @@ def exit_on_sigterm() -> None:
 
 def stop_server(srv: Server, grace: float = 10.0) -> None:
     """Terminate the server's process group, escalating to SIGKILL."""
+    if srv in _LIVE:
+        _LIVE.remove(srv)
     if srv.proc.poll() is None:
         try:
             os.killpg(srv.proc.pid, signal.SIGTERM)

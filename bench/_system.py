@@ -99,6 +99,13 @@ def wait_until_quiet(max_wait: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def idle_cpu_cores(pid: int, seconds: float = 3.0) -> float:
+    """CPU used by ``pid``'s process tree while left alone for ``seconds`` (in cores)."""
+    before = _tree_ticks([pid])
+    time.sleep(seconds)
+    return (_tree_ticks([pid]) - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def _children(pid: int) -> list[int]:
     """All descendant pids of ``pid`` (via /proc/*/stat)."""
     parents: dict[int, list[int]] = {}

@@ -34,7 +34,7 @@ from _common import (
     stop_server,
     stream_chat,
 )
-from _system import ForeignLoad, machine_info, rss_mb, wait_until_quiet
+from _system import ForeignLoad, idle_cpu_cores, machine_info, rss_mb, wait_until_quiet
 
 QUIET = 0.10  # a request counts as "quiet" when other processes used < 10% of the CPU
 FIRST_PROMPT = [{"role": "user", "content": "Say hello in one short sentence."}]
@@ -180,6 +180,7 @@ def main() -> None:
             for name, cmd, port in plan:
                 print(f"starting {name}: {' '.join(cmd)}", file=sys.stderr)
                 servers.append(cold_start(name, cmd, port, client, args.retries))
+            idle = {s.name: idle_cpu_cores(s.proc.pid) for s in servers}
             load = ForeignLoad([s.proc.pid for s in servers])
             for srv in servers:  # one full-length warm-up each
                 stream_chat(client, srv.base_url, messages, args.max_tokens, srv.model)
@@ -208,7 +209,8 @@ def main() -> None:
                 "max_tokens": args.max_tokens,
                 "requests_per_server": args.requests,
                 "servers": {
-                    s.name: figures(s, runs[s.name], foreign[s.name]) | {"redone": retried[s.name]}
+                    s.name: figures(s, runs[s.name], foreign[s.name])
+                    | {"redone": retried[s.name], "idle_cpu_cores": idle[s.name]}
                     for s in servers
                 },
             }

@@ -211,10 +211,15 @@ class LlamaRuntime:
     def sample(self, sampler: Any, row: int) -> int:
         return int(C.llama_sampler_sample(sampler, self._ctx, row))
 
-    def log_probs(self, row: int) -> npt.NDArray[np.float32]:
-        """Log-softmax of one output row's logits (valid only until the next decode)."""
+    def logits(self, row: int) -> npt.NDArray[np.float32]:
+        """A view of one output row's logits, valid only until the next decode."""
         ptr = C.llama_get_logits_ith(self._ctx, row)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        view: npt.NDArray[np.float32] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return view
+
+    def log_probs(self, row: int) -> npt.NDArray[np.float32]:
+        """Log-softmax of one output row's logits."""
+        logits = self.logits(row)
         shifted: npt.NDArray[np.float32] = logits - logits.max()
         result: npt.NDArray[np.float32] = shifted - np.log(np.exp(shifted).sum())
         return result

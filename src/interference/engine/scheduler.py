@@ -22,7 +22,7 @@ from ._llama import LlamaRuntime
 from .detok import IncrementalDetokenizer, StopMatcher
 from .handle import HandleState, QueueFull, RequestHandle, WaitQueue
 from .prefix import SlotView, pick_slot
-from .sampling import Sampler
+from .sampling import CandidateBuffer, Sampler
 from .types import EngineOutput, EngineRequest, FinishReason, TokenLogprob
 
 __all__ = ["EngineStats", "QueueFull", "RequestHandle", "Scheduler"]
@@ -88,6 +88,7 @@ class Scheduler:
         self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
         self._timeout = request_timeout
         self._waiting = WaitQueue(n_slots=n_slots, max_waiting=max_queue)
+        self._candidates = CandidateBuffer(runtime.n_vocab)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.stats = EngineStats()
@@ -276,7 +277,10 @@ class Scheduler:
             if job.row >= 0:
                 if job.logprobs is not None:
                     log_probs = rt.log_probs(job.row)
-                token = rt.sample(job.sampler.chain, job.row)
+                if job.sampler.has_grammar:
+                    token = job.sampler.sample_constrained(rt.logits(job.row), self._candidates)
+                else:
+                    token = rt.sample(job.sampler.chain, job.row)
                 if job.logprobs is not None:
                     job.logprobs.append(
                         self._token_logprob(token, log_probs, job.handle.request.top_logprobs or 0)
