@@ -163,18 +163,9 @@ class Router:
             deployment.outstanding += 1
             try:
                 result = await deployment.provider.embed(request, model=deployment.model)
-            except Overloaded as exc:
+            except (Overloaded, UpstreamError) as exc:
+                self._fail_over(route, deployment, exc)
                 last_error = exc
-                continue
-            except UpstreamError as exc:
-                if not exc.retryable:
-                    raise
-                last_error = exc
-                deployment.cool_down(route.cooldown, self._clock())
-                logger.warning(
-                    "deployment %s of %s failed, cooling down for %g s: %s",
-                    deployment.provider.name, route.name, route.cooldown, exc.message,
-                )  # fmt: skip
                 continue
             finally:
                 deployment.outstanding -= 1
@@ -182,6 +173,19 @@ class Router:
             return result
         assert last_error is not None
         raise last_error
+
+    def _fail_over(self, route: Route, deployment: Deployment, exc: Overloaded | UpstreamError) -> None:
+        """Note a failure before the first byte; re-raises it when no other deployment should be tried."""
+        if isinstance(exc, Overloaded):  # a full local engine: no cooldown, just try the next
+            logger.info("deployment %s of %s is full; trying the next", deployment.provider.name, route.name)
+            return
+        if not exc.retryable:
+            raise exc
+        deployment.cool_down(route.cooldown, self._clock())
+        logger.warning(
+            "deployment %s of %s failed before its first byte, cooling down for %g s: %s",
+            deployment.provider.name, route.name, route.cooldown, exc.message,
+        )  # fmt: skip
 
     async def _open(
         self,
@@ -200,21 +204,9 @@ class Router:
                 except StopAsyncIteration:
                     deployment.recover()
                     return
-                except Overloaded as exc:
+                except (Overloaded, UpstreamError) as exc:
+                    self._fail_over(route, deployment, exc)
                     last_error = exc
-                    logger.info(
-                        "deployment %s of %s is full; trying the next", deployment.provider.name, route.name
-                    )
-                    continue
-                except UpstreamError as exc:
-                    if not exc.retryable:
-                        raise
-                    last_error = exc
-                    deployment.cool_down(route.cooldown, self._clock())
-                    logger.warning(
-                        "deployment %s of %s failed before its first byte, cooling down for %g s: %s",
-                        deployment.provider.name, route.name, route.cooldown, exc.message,
-                    )  # fmt: skip
                     continue
                 deployment.recover()
                 started = True
