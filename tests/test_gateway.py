@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fake_upstream import PIECES, FakeUpstream
 
 from conftest import RunningServer, free_port, running_server
+from fake_upstream import PIECES, FakeUpstream
 
 TEXT = "".join(PIECES)
 KEYS = {

@@ -9,9 +9,9 @@ from typing import Any
 
 import openai
 import pytest
-from fake_upstream import PIECES, FakeUpstream
 
 from conftest import RunningServer, running_server
+from fake_upstream import PIECES, FakeUpstream
 
 MODEL = "gpt-4o"  # an alias of the embedded chat model
 STREAM_ORDER = [

@@ -85,8 +85,16 @@ class ChatServing:
 
         # Every choice opens with its role, as OpenAI streams n > 1.
         roles = [
-            envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                       "finish_reason": None}])
+            envelope(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
             for i in range(request.n or 1)
         ]
         frames = sse_frames(

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+from pydantic import BaseModel
 
 from .. import __version__
 from ..config import OpenAIDeployment
@@ -128,17 +129,8 @@ class UpstreamProvider(Provider):
 
     async def embed(self, request: EmbeddingRequest, *, model: str) -> Embeddings:
         """Forward the request as the client sent it (model replaced); base64 answers are decoded too."""
-        if self._client is None:
-            raise RuntimeError(f"upstream {self.name} used before start()")
-        body = request.model_dump(exclude_unset=True)
-        body["model"] = model
-        upstream_request = httpx.Request(
-            "POST",
-            self._urls["embeddings"],
-            content=orjson.dumps(body),
-            headers=self._headers,
-            extensions=self._extensions,
-        )
+        upstream_request = self._request("embeddings", request, model)
+        assert self._client is not None
         with self._translate_errors():
             response = await self._client.send(upstream_request, stream=True)
             try:
@@ -151,20 +143,25 @@ class UpstreamProvider(Provider):
 
     # ------------------------------------------------------------------ the call
 
-    async def _iter_deltas(self, request: SamplingFields, model: str, kind: Kind) -> AsyncIterator[Delta]:
+    def _request(self, kind: str, request: BaseModel, model: str) -> httpx.Request:
+        """The upstream call: the client's fields as sent (extras included), ``model`` replaced."""
         if self._client is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        body = request.model_dump(exclude_unset=True)  # extras included: clients' fields reach the upstream
+        body = request.model_dump(exclude_unset=True)
         body["model"] = model
         # A ready Request skips the client's per-call merging of URL, headers and cookies (a third of
         # its cost); the client still sends it, and the response is closed in ``finally``.
-        upstream_request = httpx.Request(
+        return httpx.Request(
             "POST",
             self._urls[kind],
             content=orjson.dumps(body),
             headers=self._headers,
             extensions=self._extensions,
         )
+
+    async def _iter_deltas(self, request: SamplingFields, model: str, kind: Kind) -> AsyncIterator[Delta]:
+        upstream_request = self._request(kind, request, model)
+        assert self._client is not None
         with self._translate_errors():
             response = await self._client.send(upstream_request, stream=True)
             try:
