@@ -16,7 +16,7 @@ import ctypes
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,19 +183,22 @@ class EmbeddingRuntime:
 
 
 class EmbeddingEngine:
-    """Loads an ``EmbeddingRuntime`` on its own thread and serves every call from that thread."""
+    """Serves every call from its own thread; the model loads there on first use.
+
+    Loading lazily keeps start-up time and memory for those who never ask for embeddings; the first
+    request pays the load (well under a second for the bundled model).
+    """
 
     def __init__(self, source: EmbeddingSource, *, threads: int) -> None:
         self.source = source
         self.threads = threads
         self._executor: ThreadPoolExecutor | None = None
-        self._loading: Future[EmbeddingRuntime] | None = None
         self._runtime: EmbeddingRuntime | None = None
+        self._load_error: Exception | None = None
 
     def start(self) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
-            self._loading = self._executor.submit(self._load)
 
     def _load(self) -> EmbeddingRuntime:
         started = time.perf_counter()
@@ -215,8 +218,7 @@ class EmbeddingEngine:
         return self._runtime
 
     def is_healthy(self) -> bool:
-        loading = self._loading
-        return loading is None or not loading.done() or loading.exception() is None
+        return self._load_error is None
 
     async def embed(
         self, inputs: Sequence[str | Sequence[int]], *, dimensions: int | None = None, one: bool = False
@@ -251,11 +253,15 @@ class EmbeddingEngine:
         return vectors, sum(len(s) for s in sequences)
 
     def _ready(self) -> EmbeddingRuntime:
+        """The loaded runtime (loading it now on first use); runs on the engine's thread."""
         if self._runtime is not None:
             return self._runtime
-        assert self._loading is not None
-        error = self._loading.exception()  # the load ran first on this thread, so it is done
-        raise ModelLoadError(f"the embedding model {self.source.name} failed to load: {error}")
+        if self._load_error is None:
+            try:
+                return self._load()
+            except Exception as exc:
+                self._load_error = exc
+        raise ModelLoadError(f"the embedding model {self.source.name} failed to load: {self._load_error}")
 
     @staticmethod
     def _tokens(runtime: EmbeddingRuntime, item: str | Sequence[int], param: str) -> Sequence[int]:

@@ -27,7 +27,7 @@ EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-e
 def embedding_provider(settings: Settings) -> LocalEmbeddingProvider | None:
     """The embedding provider that ``settings`` asks for, or None (disabled, or not installed).
 
-    Cheap: the model loads on the provider's own thread once the server starts. Raises
+    Cheap: the model loads on the provider's own thread on first use. Raises
     ``ModelLoadError`` when an explicit ``embedding_model`` path is wrong.
     """
     if not settings.embeddings:
