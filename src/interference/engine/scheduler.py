@@ -29,6 +29,8 @@ __all__ = ["EngineStats", "QueueFull", "RequestHandle", "Scheduler"]
 
 logger = logging.getLogger(__name__)
 
+MIN_PREFILL = 32
+
 
 class _Phase(enum.Enum):
     PREFILL = "prefill"
@@ -238,8 +240,10 @@ class Scheduler:
                 job.row = rt.batch_add(job.pending, len(slot.tokens), slot.seq, logits=True)
                 job.added = 1
                 n_decode += 1
-        # Alone, a prompt may fill the whole batch; beside decoding streams it gets one chunk per step.
+        # Alone, a prompt may fill the whole batch; beside decoding streams it gets one chunk per step
+        # (never less than MIN_PREFILL tokens, so waiting prompts progress however many streams decode).
         budget = (rt.n_batch if n_decode == 0 else self._prefill_chunk) - n_decode
+        budget = max(budget, min(MIN_PREFILL, rt.n_batch - n_decode))
         for slot in sorted(active, key=lambda s: s.job.handle.deadline if s.job else 0.0):
             job = slot.job
             assert job is not None
