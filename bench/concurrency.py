@@ -68,24 +68,26 @@ CHAT_FOLLOWUPS = [
 ]
 
 
-def essay_prompt(i: int) -> list[dict[str, str]]:
+def essay_prompt(i: int, tag: str) -> list[dict[str, str]]:
+    """Prompt ``i`` of a round; ``tag`` makes it new to the server's prefix cache."""
     topic = TOPICS[i % len(TOPICS)]
-    text = f"Write a long, detailed essay about the history of {topic}. Use many paragraphs."
+    text = f"[{tag}-{i}] Write a long, detailed essay about the history of {topic}. Use many paragraphs."
     return [{"role": "user", "content": text}]
 
 
 def run_round(
-    client: httpx.Client, srv: Server, conc: int, max_tokens: int, retries: int = 0
+    client: httpx.Client, srv: Server, conc: int, max_tokens: int, tag: str, retries: int = 0
 ) -> dict[str, Any]:
     """Fire ``conc`` streams at once; aggregate their timings.
 
-    A round during which other processes loaded the CPU is redone (up to ``retries`` times).
+    Every server gets the same prompts per ``tag``, each only once. A round during which
+    other processes loaded the CPU is redone (up to ``retries`` times) with fresh prompts.
     """
     for attempt in range(retries + 1):
         if attempt:
             wait_until_quiet(60.0)
         probe = ForeignLoad([])  # the servers are our children, hence ours
-        row = _round(client, srv, conc, max_tokens)
+        row = _round(client, srv, conc, max_tokens, f"{tag}.{attempt}")
         row["foreign_cpu"] = probe.fraction()
         row["redone"] = attempt
         if row["foreign_cpu"] < QUIET or attempt == retries:
@@ -94,11 +96,11 @@ def run_round(
     return row
 
 
-def _round(client: httpx.Client, srv: Server, conc: int, max_tokens: int) -> dict[str, Any]:
+def _round(client: httpx.Client, srv: Server, conc: int, max_tokens: int, tag: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=conc) as pool:
         futs = [
-            pool.submit(stream_chat, client, srv.base_url, essay_prompt(i), max_tokens, srv.model)
+            pool.submit(stream_chat, client, srv.base_url, essay_prompt(i, tag), max_tokens, srv.model)
             for i in range(conc)
         ]
         results: list[StreamResult] = [f.result() for f in futs]
@@ -218,11 +220,11 @@ def main() -> None:
                 per_level[name] = {c: [] for c in levels}
             load = ForeignLoad([s.proc.pid for s in servers])
             for srv in servers:  # warm-up
-                run_round(client, srv, 1, args.max_tokens)
+                run_round(client, srv, 1, args.max_tokens, "warm-up")
             for conc in levels:
                 for rnd in range(args.rounds):
                     for srv in servers:
-                        row = run_round(client, srv, conc, args.max_tokens, args.retries)
+                        row = run_round(client, srv, conc, args.max_tokens, f"c{conc}r{rnd}", args.retries)
                         per_level[srv.name][conc].append(row)
                         print(
                             f"C={conc} round {rnd + 1} {srv.name}: {row['aggregate_tps']:.1f} tok/s, "

@@ -48,11 +48,25 @@ class RequestHandle:
     def is_aborted(self) -> bool:
         return self.state is HandleState.ABORTED
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     # Called from the scheduler thread.
     def push(self, output: EngineOutput) -> None:
+        """Hand one output to the event loop now (see ``deliver_all`` for a step's worth at once)."""
+        self.mark(output)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+
+    def mark(self, output: EngineOutput) -> None:
         if output.finish_reason is not None or output.error is not None:
             self.state = HandleState.DONE
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+
+    # Called on the event loop.
+    @staticmethod
+    def deliver_all(items: list[tuple[RequestHandle, EngineOutput]]) -> None:
+        for handle, output in items:
+            handle._queue.put_nowait(output)
 
     def abort(self) -> None:
         """Stop generating; a no-op once finished. Safe from any thread."""

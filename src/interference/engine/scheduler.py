@@ -9,6 +9,7 @@ runs one ``llama_decode``. Outputs go back to asyncio through ``call_soon_thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -91,6 +92,7 @@ class Scheduler:
         self._timeout = request_timeout
         self._waiting = WaitQueue(n_slots=n_slots, max_waiting=max_queue)
         self._candidates = CandidateBuffer(runtime.n_vocab)
+        self._outbox: list[tuple[RequestHandle, EngineOutput]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.stats = EngineStats()
@@ -142,17 +144,37 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stopping:
+            busy = True
             try:
                 self._admit()
                 self._reap()
-                if not any(s.job for s in self._slots):
-                    self._waiting.wait(timeout=1.0)
-                    continue
-                self._step()
+                busy = any(s.job for s in self._slots)
+                if busy:
+                    self._step()
             except Exception:  # an engine bug must not kill the loop: fail what is running
                 logger.exception("engine step failed")
                 self._fail_all("internal engine error")
+            self._flush()
+            if not busy:
+                self._waiting.wait(timeout=1.0)
         self._fail_all("the server is shutting down")
+        self._flush()
+
+    def _emit(self, handle: RequestHandle, output: EngineOutput) -> None:
+        """Queue an output; ``_flush`` hands a whole step's outputs to the event loop in one wake-up."""
+        handle.mark(output)
+        self._outbox.append((handle, output))
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, EngineOutput]]] = {}
+        for item in self._outbox:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+                loop.call_soon_threadsafe(RequestHandle.deliver_all, items)
 
     def _admit(self) -> None:
         while True:
@@ -167,7 +189,7 @@ class Scheduler:
             except Exception as exc:
                 logger.exception("could not start request %s", handle.request.request_id)
                 self._waiting.release()
-                handle.push(EngineOutput(error=f"could not start generation: {exc}"))
+                self._emit(handle, EngineOutput(error=f"could not start generation: {exc}"))
 
     def _start(self, handle: RequestHandle, idle: list[_Slot]) -> None:
         req = handle.request
@@ -218,7 +240,7 @@ class Scheduler:
         job.sampler.free()
         self._waiting.release()
         if final is not None:
-            job.handle.push(final)
+            self._emit(job.handle, final)
 
     def _fail_all(self, message: str) -> None:
         for slot in self._slots:
@@ -328,7 +350,7 @@ class Scheduler:
         if finish is None:
             job.pending = token
             if text:
-                job.handle.push(EngineOutput(text=text, logprobs=self._take_logprobs(job)))
+                self._emit(job.handle, EngineOutput(text=text, logprobs=self._take_logprobs(job)))
             return
         if not job.stops.stopped:
             text += job.stops.feed(job.detok.flush())

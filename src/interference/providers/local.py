@@ -24,6 +24,11 @@ from .tools import call_schema, message_dicts, tool_mode
 
 __all__ = ["LocalProvider"]
 
+# As llama-server and Ollama do: the 40 likeliest tokens hold nearly all the probability mass, and
+# sampling among them instead of the whole vocabulary saves a sort of ~50k logits per token.
+# ``top_k: 0`` in a request samples from the full vocabulary.
+DEFAULT_TOP_K = 40
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Plan:
@@ -203,7 +208,7 @@ class LocalProvider(Provider):
         return SamplingParams(
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=request.top_k or 0,
+            top_k=DEFAULT_TOP_K if request.top_k is None else request.top_k,
             min_p=request.min_p or 0.0,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
