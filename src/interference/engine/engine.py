@@ -87,6 +87,11 @@ class Engine:
         return self.runtime.n_ctx_seq
 
     @property
+    def template_renders_tools(self) -> bool:
+        """Whether the model's own chat template knows how to show tools (it reads a ``tools`` variable)."""
+        return "tools" in self.template.source
+
+    @property
     def stats(self) -> EngineStats:
         return self.scheduler.stats
 

@@ -20,7 +20,7 @@ from ..errors import (
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
 from .base import Delta, Provider, TokenUsage
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
-from .tools import call_schema, message_dicts, tool_mode
+from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
 __all__ = ["LocalProvider"]
 
@@ -60,8 +60,12 @@ class LocalProvider(Provider):
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         mode = tool_mode(request)
         grammar = self._grammar(request, mode)
+        native = mode != "none" and self.engine.template_renders_tools
+        extra: dict[str, Any] = {}
+        if native:
+            extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
         try:
-            prompt = self.engine.render_chat(message_dicts(request))
+            prompt = self.engine.render_chat(message_dicts(request, native=native), **extra)
         except TemplateError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
         top = (request.top_logprobs or 0) if request.logprobs else None

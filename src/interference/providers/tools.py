@@ -21,6 +21,7 @@ __all__ = [
     "call_schema",
     "calls_from_json",
     "message_dicts",
+    "offered_tools",
     "parse_tagged_calls",
     "tool_mode",
 ]
@@ -62,36 +63,57 @@ def _system_prompt(tools: list[Tool], mode: str) -> str:
     )
 
 
-def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    role = "system" if message.role == "developer" else message.role
-    text = message.text
+def _arguments(raw: Any) -> Any:
+    try:
+        return json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return raw
+
+
+def _message_dict(message: ChatMessage, *, native: bool) -> dict[str, Any]:
+    """One message for the template; tool calls become text unless the template renders them itself."""
+    role = "tool" if message.role == "function" else "system" if message.role == "developer" else message.role
+    out: dict[str, Any] = {"role": role, "content": message.text}
     if message.role == "assistant" and message.tool_calls:
-        calls = []
-        for call in message.tool_calls:
-            fn = call.get("function") or {}
-            try:
-                args = json.loads(fn.get("arguments") or "{}")
-            except (TypeError, ValueError):
-                args = fn.get("arguments")
-            calls.append(
-                f"{TOOL_CALL_OPEN}{json.dumps({'name': fn.get('name'), 'arguments': args})}{TOOL_CALL_CLOSE}"
-            )
-        text = (text + "\n" if text else "") + "\n".join(calls)
-    if message.role == "function":
-        role = "tool"
-    return {"role": role, "content": text}
+        fns = [call.get("function") or {} for call in message.tool_calls]
+        if native:
+            # Tool-aware templates (Qwen, Hermes, Llama 3.1...) read arguments as an object.
+            out["tool_calls"] = [
+                {**call, "function": {"name": fn.get("name"), "arguments": _arguments(fn.get("arguments"))}}
+                for call, fn in zip(message.tool_calls, fns, strict=True)
+            ]
+        else:
+            calls = [
+                TOOL_CALL_OPEN
+                + json.dumps({"name": fn.get("name"), "arguments": _arguments(fn.get("arguments"))})
+                + TOOL_CALL_CLOSE
+                for fn in fns
+            ]
+            out["content"] = (message.text + "\n" if message.text else "") + "\n".join(calls)
+    if native and message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
-def message_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """The conversation as template messages, with the tool description prepended when tools are on."""
-    messages = [_message_dict(m) for m in request.messages]
-    mode = tool_mode(request)
-    if mode == "none":
-        return messages
+def offered_tools(request: ChatCompletionRequest) -> list[Tool]:
+    """The tools the model is shown: all of them, or only the one a named ``tool_choice`` picks."""
     tools = list(request.tools or [])
     if isinstance(request.tool_choice, NamedToolChoice):
         tools = [t for t in tools if t.function.name == request.tool_choice.function.name]
-    prompt = _system_prompt(tools, mode)
+    return tools
+
+
+def message_dicts(request: ChatCompletionRequest, *, native: bool = False) -> list[dict[str, Any]]:
+    """The conversation as template messages.
+
+    With ``native`` the chat template renders tools itself (it is given them separately); otherwise
+    the tools are described in a system message of our own when tool calling is on.
+    """
+    messages = [_message_dict(m, native=native) for m in request.messages]
+    mode = tool_mode(request)
+    if mode == "none" or native:
+        return messages
+    prompt = _system_prompt(offered_tools(request), mode)
     if messages and messages[0]["role"] == "system":
         return [{"role": "system", "content": messages[0]["content"] + "\n\n" + prompt}, *messages[1:]]
     return [{"role": "system", "content": prompt}, *messages]
@@ -106,9 +128,7 @@ def _arguments_schema(tool: Tool) -> dict[str, Any]:
 
 def call_schema(request: ChatCompletionRequest) -> dict[str, Any]:
     """A JSON schema for a mandatory call: one call object, or a list of them when parallel calls are on."""
-    tools = list(request.tools or [])
-    if isinstance(request.tool_choice, NamedToolChoice):
-        tools = [t for t in tools if t.function.name == request.tool_choice.function.name]
+    tools = offered_tools(request)
     alternatives = [
         {
             "type": "object",
