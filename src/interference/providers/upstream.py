@@ -147,7 +147,7 @@ class UpstreamProvider(Provider):
         """The upstream call: the client's fields as sent (extras included), ``model`` replaced."""
         if self._client is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        body = request.model_dump(exclude_unset=True)
+        body = request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
         # A ready Request skips the client's per-call merging of URL, headers and cookies (a third of
         # its cost); the client still sends it, and the response is closed in ``finally``.
