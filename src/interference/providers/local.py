@@ -24,10 +24,12 @@ from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
 __all__ = ["LocalProvider"]
 
-# As llama-server and Ollama do: the 40 likeliest tokens hold nearly all the probability mass, and
-# sampling among them instead of the whole vocabulary saves a sort of ~50k logits per token.
-# ``top_k: 0`` in a request samples from the full vocabulary.
+# llama-server's defaults for the knobs OpenAI's API lacks. The 40 likeliest tokens hold nearly all the
+# probability mass, and sampling among them instead of the whole vocabulary saves a sort of ~50k
+# logits per token; min_p drops tokens far less likely than the best one, which keeps small models
+# from drifting into noise on long answers. ``top_k: 0`` / ``min_p: 0`` in a request turn them off.
 DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ class LocalProvider(Provider):
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=DEFAULT_TOP_K if request.top_k is None else request.top_k,
-            min_p=request.min_p or 0.0,
+            min_p=DEFAULT_MIN_P if request.min_p is None else request.min_p,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
             repeat_penalty=1.0 if request.repeat_penalty is None else request.repeat_penalty,
