@@ -111,3 +111,15 @@ def test_settings_errors_name_the_key() -> None:
         load_settings({"threads": -1}, env={})
     with pytest.raises(ConfigError, match="'port'"):
         load_settings({}, env={"INTERFERENCE_PORT": "many"})
+
+
+def test_quantized_kv_cache_serves(tmp_path: Path) -> None:
+    from conftest import running_server
+
+    with running_server("--cache-type", "q8_0", "--parallel", "2", tmp=tmp_path) as s:
+        r = s.http().post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5},
+        )
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] == 5

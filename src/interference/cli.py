@@ -53,6 +53,11 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         help="requests that may wait for a slot before 429 (default: 64)",
     )
     g.add_argument(
+        "--cache-type",
+        choices=["f16", "q8_0", "q4_0"],
+        help="KV cache type: q8_0 halves its memory for a few %% of speed (default: f16)",
+    )
+    g.add_argument(
         "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
     )
     g.add_argument(
@@ -122,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
-    "request_timeout", "aliases", "api_keys", "log_level", "embeddings", "embedding_model",
+    "cache_type", "request_timeout", "aliases", "api_keys", "log_level", "embeddings", "embedding_model",
 )  # fmt: skip
 
 

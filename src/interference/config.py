@@ -44,6 +44,7 @@ class EngineOptions(_Frozen):
     parallel: Annotated[int, Field(ge=1, le=256)] = 8
     batch_size: Annotated[int, Field(ge=16)] = 512
     max_queue: Annotated[int, Field(ge=0)] = 64
+    cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     request_timeout: Annotated[float, Field(gt=0)] = 600.0
 
 
@@ -127,6 +128,7 @@ _ENV_KEYS = {
     "PARALLEL": "parallel",
     "BATCH_SIZE": "batch_size",
     "MAX_QUEUE": "max_queue",
+    "CACHE_TYPE": "cache_type",
     "REQUEST_TIMEOUT": "request_timeout",
     "ALIASES": "aliases",
     "API_KEYS": "api_keys",

@@ -24,6 +24,9 @@ __all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "quiet_llama_logs"]
 logger = logging.getLogger(__name__)
 
 
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}  # ggml_type values
+
+
 class ModelLoadError(Exception):
     """The GGUF is missing, unreadable or not a model llama.cpp can load."""
 
@@ -75,6 +78,7 @@ class LlamaRuntime:
         n_seq: int,
         n_batch: int,
         n_threads: int,
+        cache_type: str = "f16",
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -101,6 +105,11 @@ class LlamaRuntime:
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = False
         cparams.no_perf = True
+        if cache_type != "f16":
+            # A quantized KV cache halves (q8_0) or quarters (q4_0) its memory; llama.cpp needs flash
+            # attention to read a quantized V cache.
+            cparams.type_k = cparams.type_v = _GGML_TYPES[cache_type]
+            cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)

@@ -50,6 +50,7 @@ class EngineConfig:
     parallel: int = 8
     batch_size: int = 512
     max_queue: int = 64
+    cache_type: str = "f16"  # KV cache element type: f16, q8_0 or q4_0
     request_timeout: float = 600.0
 
 
@@ -67,6 +68,7 @@ class Engine:
             n_seq=config.parallel,
             n_batch=max(config.batch_size, 512),
             n_threads=threads,
+            cache_type=config.cache_type,
         )
         self.info: ModelInfo = self.runtime.info
         self.threads = threads

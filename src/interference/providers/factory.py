@@ -33,6 +33,7 @@ def load_engine(path: str | None, options: EngineOptions) -> Engine:
             parallel=options.parallel,
             batch_size=options.batch_size,
             max_queue=options.max_queue,
+            cache_type=options.cache_type,
             request_timeout=options.request_timeout,
         )
     )
