@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, serve_command
+from conftest import RunningServer, free_port, serve_command
 from interference.config import DEFAULT_ALIASES, ConfigError, load_settings
 
 
@@ -123,3 +124,18 @@ def test_quantized_kv_cache_serves(tmp_path: Path) -> None:
         )
         assert r.status_code == 200
         assert r.json()["usage"]["completion_tokens"] == 5
+
+
+def test_chat_and_bench_commands_talk_to_a_server(server: RunningServer) -> None:
+    done = run("chat", "Say hi.", "--url", f"{server.url}/v1", "--max-tokens", "6", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    done = run("bench", "--url", f"{server.url}/v1", "--concurrency", "1,2", "--max-tokens", "8", timeout=120)
+    assert done.returncode == 0, done.stderr
+    levels = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [lvl["concurrency"] for lvl in levels] == [1, 2]
+    assert all(lvl["ok"] == lvl["concurrency"] and lvl["errors"] == 0 for lvl in levels)
+    assert all(lvl["aggregate_tps"] > 0 and lvl["ttft_p50_s"] > 0 for lvl in levels)
+    done = run("chat", "Hi", "--url", f"{server.url}/v1", "--model", "no-such-model", timeout=60)
+    assert done.returncode == 1
+    assert "404" in done.stderr

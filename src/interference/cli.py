@@ -1,4 +1,4 @@
-"""Command line: ``interference serve | models | chat``."""
+"""Command line: ``interference serve | models | chat | bench``."""
 
 from __future__ import annotations
 
@@ -122,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", default="sk-local", help="key to send")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
+
+    bench = sub.add_parser(
+        "bench", help="measure TTFT and tokens/s of a running server at some concurrency levels"
+    )
+    bench.add_argument("--url", default="http://127.0.0.1:1337/v1", help="server base URL")
+    bench.add_argument("--model", default="gpt-3.5-turbo", help="model or alias to use")
+    bench.add_argument("--api-key", default="sk-local", help="key to send")
+    bench.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (default: 1,4,8)")
+    bench.add_argument("--max-tokens", type=int, default=128)
+    bench.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
     return parser
 
 
@@ -156,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .client import run_chat
 
             return run_chat(args)
+        if args.command == "bench":
+            from .loadtest import run_bench
+
+            return run_bench(args)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
