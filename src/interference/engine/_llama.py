@@ -19,7 +19,7 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "quiet_llama_logs"]
+__all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "physical_cores", "quiet_llama_logs", "tokenize"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,19 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     add_bos: bool
+
+
+def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    """Token ids of ``text`` with a model's vocabulary."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    out = (C.llama_token * cap)()
+    n = C.llama_tokenize(vocab, data, len(data), out, cap, add_special, parse_special)
+    if n < 0:  # the buffer was too small: -n is the size needed
+        cap = -n
+        out = (C.llama_token * cap)()
+        n = C.llama_tokenize(vocab, data, len(data), out, cap, add_special, parse_special)
+    return list(out[:n])
 
 
 def physical_cores() -> int:
@@ -160,15 +173,7 @@ class LlamaRuntime:
     # ------------------------------------------------------------------ text
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        out = (C.llama_token * cap)()
-        n = C.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            out = (C.llama_token * cap)()
-            n = C.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
-        return list(out[:n])
+        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
 
     def piece(self, token: int) -> bytes:
         """Raw bytes of one token (possibly part of a UTF-8 sequence); control tokens render empty."""

@@ -24,7 +24,7 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
 
-from ._llama import ModelLoadError
+from ._llama import ModelLoadError, tokenize
 from .embedding_source import EmbeddingSource
 
 __all__ = ["EmbeddingEngine", "EmbeddingInfo", "EmbeddingInputError", "EmbeddingRuntime"]
@@ -117,16 +117,8 @@ class EmbeddingRuntime:
         return ctx  # type: ignore[no-any-return]
 
     def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        out = (C.llama_token * cap)()
         # Special tokens in client text stay text: "[CLS]" must not become the CLS token.
-        n = C.llama_tokenize(self._vocab, data, len(data), out, cap, True, False)
-        if n < 0:
-            cap = -n
-            out = (C.llama_token * cap)()
-            n = C.llama_tokenize(self._vocab, data, len(data), out, cap, True, False)
-        return list(out[:n])
+        return tokenize(self._vocab, text, add_special=True, parse_special=False)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """One L2-normalised row per input; inputs must be non-empty and at most ``max_tokens`` long."""
