@@ -154,14 +154,16 @@ class Scheduler:
             except Exception:  # an engine bug must not kill the loop: fail what is running
                 logger.exception("engine step failed")
                 self._fail_all("internal engine error")
-            self._flush()
+                busy = False
             if not busy:
+                self._flush()
                 self._waiting.wait(timeout=1.0)
         self._fail_all("the server is shutting down")
         self._flush()
 
     def _emit(self, handle: RequestHandle, output: EngineOutput) -> None:
-        """Queue an output; ``_flush`` hands a whole step's outputs to the event loop in one wake-up."""
+        """Queue an output; ``_flush`` hands a whole step's outputs to the event loop in one wake-up
+        (just before the next decode, or before the thread goes idle)."""
         handle.mark(output)
         self._outbox.append((handle, output))
 
@@ -282,6 +284,9 @@ class Scheduler:
             job.added = take
             budget -= take
 
+        # The last step's outputs go to the event loop now, so its work (framing, socket writes) runs
+        # while llama_decode holds no GIL, instead of holding up this thread between steps.
+        self._flush()
         started = time.perf_counter()
         rc = rt.decode()
         self.stats.decode_seconds += time.perf_counter() - started
