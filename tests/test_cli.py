@@ -139,3 +139,15 @@ def test_chat_and_bench_commands_talk_to_a_server(server: RunningServer) -> None
     done = run("chat", "Hi", "--url", f"{server.url}/v1", "--model", "no-such-model", timeout=60)
     assert done.returncode == 1
     assert "404" in done.stderr
+
+
+def test_models_shows_configured_models_winning_alias_clashes(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        '[[models]]\nname = "big"\naliases = ["gpt-4o"]\n'
+        '[[models.deployments]]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    )
+    lines = run("models", "--config", str(cfg)).stdout.splitlines()
+    assert lines[0].startswith("big") and "gpt-4o" in lines[0]
+    default = next(line for line in lines if line.startswith("SmolLM2"))
+    assert "gpt-4o-mini" in default and "gpt-4o," not in default and not default.endswith("gpt-4o")

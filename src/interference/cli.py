@@ -256,7 +256,10 @@ def _models(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         return _fail(str(exc))
     name = settings.model_name or model_id_for(path)
-    aliases = f"  aliases: {', '.join(settings.aliases)}" if settings.aliases else ""
+    # Configured models win alias clashes, as the router resolves them.
+    claimed = {n for entry in settings.models for n in (entry.name, *entry.aliases)}
+    free = [a for a in settings.aliases if a not in claimed]
+    aliases = f"  aliases: {', '.join(free)}" if free else ""
     print(f"{name}  ->  local {path}{aliases}")
     if settings.embeddings:
         from .engine.embedding_source import EmbeddingSource
