@@ -149,7 +149,7 @@ def test_mandatory_tool_calls_parse(client: openai.OpenAI, choice: Any) -> None:
         messages=_ask("What's the weather in Paris?"),
         tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
         tool_choice=choice,
-        max_tokens=200,
+        max_tokens=400,
     )
     choice0 = r.choices[0]
     assert choice0.finish_reason == "tool_calls"
@@ -174,7 +174,7 @@ def test_tool_call_stream_deltas(client: openai.OpenAI) -> None:
             tools=[WEATHER_TOOL],  # type: ignore[list-item]
             tool_choice="required",
             stream=True,
-            max_tokens=200,
+            max_tokens=400,
         )
     )
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]

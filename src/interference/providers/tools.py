@@ -26,6 +26,8 @@ __all__ = [
     "tool_mode",
 ]
 
+# A bound on calls in one constrained answer, so a small model cannot repeat calls until max_tokens.
+MAX_PARALLEL_CALLS = 4
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 _TAGGED = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
@@ -142,7 +144,7 @@ def call_schema(request: ChatCompletionRequest) -> dict[str, Any]:
     if request.parallel_tool_calls is False or isinstance(request.tool_choice, NamedToolChoice):
         schema = dict(one)
     else:
-        schema = {"type": "array", "items": one, "minItems": 1, "maxItems": 8}
+        schema = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}
     # "$ref": "#/$defs/X" inside a tool's parameters resolves from the document root: hoist the definitions.
     defs: dict[str, Any] = {}
     for t in tools:
