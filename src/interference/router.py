@@ -28,7 +28,7 @@ from typing import Literal, TypeVar
 from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard
 from .protocol_embeddings import EmbeddingRequest
-from .providers.base import Delta, Embeddings, Provider
+from .providers.base import Delta, Embeddings, Provider, aclose_stream
 
 __all__ = ["Deployment", "Health", "Route", "Router"]
 
@@ -224,12 +224,6 @@ class Router:
                 raise
             finally:
                 deployment.outstanding -= 1
-                await _aclose(stream)
+                await aclose_stream(stream)
         assert last_error is not None
         raise last_error
-
-
-async def _aclose(stream: AsyncIterator[Delta]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -23,11 +23,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InterferenceError, UnsupportedParameter
 from ..protocol import ChatCompletionRequest
 from ..protocol_responses import ResponseRequest, response_item_id
-from ..providers.base import Delta, TokenUsage
+from ..providers.base import Delta, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse
 from .errors import error_body
-from .serving import fold, iter_all, open_stream
+from .serving import UsageTally, fold, iter_all, open_stream
 
 __all__ = ["ResponseServing"]
 
@@ -143,7 +143,7 @@ class _Draft:
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         texts: list[str] = []
         finish: str | None = None
-        prompt = completion = cached = 0
+        tally = UsageTally()
         try:
             opening = self.envelope("in_progress", [], None)
             yield event("response.created", response=opening)
@@ -158,13 +158,11 @@ class _Draft:
                     yield event("response.output_text.delta", **where, delta=delta.text, logprobs=[])
                 if delta.finish_reason is not None:
                     finish = delta.finish_reason
-                if delta.usage is not None:
-                    prompt, cached = delta.usage.prompt_tokens, delta.usage.cached_tokens
-                    completion += delta.usage.completion_tokens
+                tally.add(delta.usage)
             text = "".join(texts)
             yield event("response.output_text.done", **where, text=text, logprobs=[])
             yield event("response.content_part.done", **where, part=_text_part(text))
-            final = self.final(text, finish, TokenUsage(prompt, completion, cached))
+            final = self.final(text, finish, tally.usage)
             yield event("response.output_item.done", output_index=0, item=final["output"][0])
             done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
             yield event(done, response=final)
@@ -177,9 +175,7 @@ class _Draft:
                 "error", **_error_fields(InterferenceError("The server had an error while streaming."))
             )
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_stream(stream)
 
 
 def _text_part(text: str) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InterferenceError
-from ..providers.base import Delta, TokenUsage
+from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
 
-__all__ = ["Folded", "open_stream", "sse_frames", "usage_dict"]
+__all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +24,9 @@ async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, Async
     except StopAsyncIteration:
         return None, stream
     except BaseException:
-        await _aclose(stream)
+        await aclose_stream(stream)
         raise
     return first, stream
-
-
-async def _aclose(stream: AsyncIterator[Delta]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -54,6 +48,25 @@ def usage_dict(usage: TokenUsage | None) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class UsageTally:
+    """Usage of a whole request from its choices' final deltas: they share the prompt, completions add up."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, usage: TokenUsage | None) -> None:
+        if usage is not None:
+            self.prompt_tokens = usage.prompt_tokens
+            self.cached_tokens = usage.cached_tokens
+            self.completion_tokens += usage.completion_tokens
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+@dataclass(slots=True)
 class Folded:
     """A whole stream folded into one answer per choice."""
 
@@ -63,9 +76,7 @@ class Folded:
         default_factory=dict
     )  # choice -> call index -> call
     logprobs: dict[int, dict[str, Any]] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    tally: UsageTally = field(default_factory=UsageTally)
 
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, []))
@@ -105,7 +116,7 @@ class Folded:
 
     @property
     def usage(self) -> TokenUsage:
-        return TokenUsage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        return self.tally.usage
 
 
 async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
@@ -120,13 +131,9 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
                 out.add_tool_calls(delta.index, delta.tool_calls)
             if delta.logprobs:
                 out.add_logprobs(delta.index, delta.logprobs)
-            if delta.usage is not None:
-                # Choices of one request share the prompt; their completions add up.
-                out.prompt_tokens = delta.usage.prompt_tokens
-                out.cached_tokens = delta.usage.cached_tokens
-                out.completion_tokens += delta.usage.completion_tokens
+            out.tally.add(delta.usage)
     finally:
-        await _aclose(stream)
+        await aclose_stream(stream)
     return out
 
 
@@ -142,18 +149,16 @@ async def sse_frames(
 
     A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``.
     """
-    prompt = completion = cached = 0
+    tally = UsageTally()
     try:
         for opening in openings:
             yield sse.encode(opening)
         async for delta in iter_all(first, stream):
             for payload in chunks(delta):
                 yield sse.encode(payload)
-            if delta.usage is not None:
-                prompt, cached = delta.usage.prompt_tokens, delta.usage.cached_tokens
-                completion += delta.usage.completion_tokens
+            tally.add(delta.usage)
         if usage_chunk is not None:
-            yield sse.encode(usage_chunk(TokenUsage(prompt, completion, cached)))
+            yield sse.encode(usage_chunk(tally.usage))
     except InterferenceError as exc:
         logger.warning("stream failed after it started: %r", exc)
         yield sse.encode(error_body(exc).model_dump())
@@ -163,5 +168,5 @@ async def sse_frames(
             error_body(InterferenceError("The server had an error while streaming.")).model_dump()
         )
     finally:
-        await _aclose(stream)
+        await aclose_stream(stream)
     yield sse.DONE

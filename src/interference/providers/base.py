@@ -14,7 +14,7 @@ from ..errors import InvalidRequest
 from ..protocol import ChatCompletionRequest, CompletionRequest
 from ..protocol_embeddings import EmbeddingRequest
 
-__all__ = ["Delta", "Embeddings", "Provider", "TokenUsage"]
+__all__ = ["Delta", "Embeddings", "Provider", "TokenUsage", "aclose_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +78,10 @@ class Provider(abc.ABC):
 
     def is_healthy(self) -> bool:
         return True
+
+
+async def aclose_stream(stream: AsyncIterator[Delta]) -> None:
+    """Close a delta stream early (frees its slot or upstream connection); a no-op for plain iterators."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..engine import TokenLogprob
 from ..protocol import Tool
-from .base import Delta
+from .base import Delta, aclose_stream
 from .tools import TOOL_CALL_OPEN, calls_from_json, parse_tagged_calls
 
 __all__ = ["chat_logprobs", "completion_logprobs", "merge", "shape_tool_calls"]
@@ -50,9 +50,7 @@ async def merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[Delta]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for stream in streams:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_stream(stream)
 
 
 def _call_deltas(index: int, calls: list[dict[str, Any]], last: Delta) -> list[Delta]:
