@@ -285,3 +285,13 @@ def test_seed_reproducible_with_n(client: openai.OpenAI) -> None:
         return [c.message.content or "" for c in r.choices]
 
     assert run() == run()
+
+
+def test_n_beyond_what_the_engine_can_hold_is_400(http: httpx.Client) -> None:
+    body = {"model": "gpt-4o", "messages": _ask("Hi"), "n": 128, "max_tokens": 2}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "n"
+    r = http.post("/v1/completions", json={"model": "gpt-4o", "prompt": "Hi", "n": 128, "max_tokens": 2})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "n"

@@ -96,6 +96,11 @@ class WaitQueue:
         self.active = 0  # handles holding a slot; changed only under the lock
         self._wakeups = 0
 
+    @property
+    def capacity(self) -> int:
+        """Requests that may be running or waiting at once."""
+        return self._capacity
+
     def put(self, handle: RequestHandle) -> None:
         with self._cond:
             if len(self._items) + self.active >= self._capacity:

@@ -100,6 +100,10 @@ class Scheduler:
     # ------------------------------------------------------------------ event-loop side
 
     @property
+    def capacity(self) -> int:
+        return self._waiting.capacity
+
+    @property
     def n_slots(self) -> int:
         return len(self._slots)
 

@@ -60,6 +60,7 @@ class LocalProvider(Provider):
     # ------------------------------------------------------------------ requests
 
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        self._check_n(request)
         mode = tool_mode(request)
         grammar = self._grammar(request, mode)
         native = mode != "none" and self.engine.template_renders_tools
@@ -84,6 +85,7 @@ class LocalProvider(Provider):
             yield delta
 
     async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        self._check_n(request)
         if request.suffix:
             raise UnsupportedParameter("suffix (fill-in-the-middle) is not supported", param="suffix")
         source = request.prompt_text
@@ -107,6 +109,14 @@ class LocalProvider(Provider):
         choices = [self._generate(plan, request, index=i, echo=echoed) for i in range(request.n or 1)]
         async for delta in merge(choices):
             yield delta
+
+    def _check_n(self, request: SamplingFields) -> None:
+        """More choices than the engine can ever hold at once is the request's fault, not a busy server."""
+        capacity = self.engine.scheduler.capacity
+        if request.n is not None and request.n > capacity:
+            raise InvalidRequest(
+                f"n must be at most {capacity} on this server (its slots plus its waiting queue).", param="n"
+            )
 
     def _grammar(self, request: ChatCompletionRequest, mode: str) -> str | None:
         from ..engine.json_schema import JSON_OBJECT_GBNF, UnsupportedSchema, schema_to_gbnf
