@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 
 from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard
-from .protocol_embeddings import EmbeddingRequest
+from .protocol import EmbeddingRequest
 from .providers.base import Delta, Embeddings, Provider, aclose_stream
 
 __all__ = ["Deployment", "Health", "Route", "Router"]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..protocol_embeddings import EmbeddingRequest
+from ..protocol import EmbeddingRequest
 from ..router import Router
 
 __all__ = ["EmbeddingServing"]

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from ..protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from ..protocol_embeddings import EmbeddingRequest
-from ..protocol_responses import ResponseRequest
+from ..protocol import EmbeddingRequest
+from ..protocol import ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .state import AppState

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from ..errors import InvalidRequest
 from ..protocol import ChatCompletionRequest, CompletionRequest
-from ..protocol_embeddings import EmbeddingRequest
+from ..protocol import EmbeddingRequest
 
 __all__ = ["Delta", "Embeddings", "Provider", "TokenUsage", "aclose_stream"]
 

@@ -13,7 +13,7 @@ from ..engine.embedding_source import EmbeddingSource
 from ..engine.embeddings import EmbeddingEngine, EmbeddingInputError
 from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest
 from ..protocol import ChatCompletionRequest, CompletionRequest
-from ..protocol_embeddings import EmbeddingRequest
+from ..protocol import EmbeddingRequest
 from .base import Delta, Embeddings, Provider
 
 __all__ = ["EMBEDDING_ALIASES", "LocalEmbeddingProvider", "embedding_provider"]

@@ -40,7 +40,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from ..protocol_embeddings import EmbeddingRequest
+from ..protocol import EmbeddingRequest
 from .base import Delta, Embeddings, Provider, TokenUsage
 from .http1 import Http1Transport
 from .sse import SSEDecoder

@@ -24,6 +24,7 @@ __all__ = [
     "Completion",
     "CompletionChoice",
     "CompletionRequest",
+    "ContentPart",
     "DeltaMessage",
     "ErrorBody",
     "ErrorResponse",
@@ -34,10 +35,12 @@ __all__ = [
     "PromptTokensDetails",
     "ResponseFormat",
     "ResponseMessage",
+    "SamplingFields",
     "StreamOptions",
     "TextPart",
     "Tool",
     "Usage",
+    "WireModel",
     "new_id",
 ]
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from .protocol import Probability, Temperature, WireModel
+from .openai import Probability, Temperature, WireModel
 
 __all__ = ["InputMessage", "InputText", "ResponseRequest", "response_item_id"]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, cast
 
 from pydantic import Field, field_validator
 
-from .protocol import WireModel
+from .openai import WireModel
 
 __all__ = ["MAX_EMBEDDING_INPUTS", "EmbeddingInput", "EmbeddingRequest"]
 

@@ -1,0 +1,87 @@
+"""Wire models: OpenAI chat/completions (``openai``), the Responses API (``responses``) and embeddings.
+
+Pure pydantic models and validators: no HTTP, no engine, nothing else from the package.
+"""
+
+from __future__ import annotations
+
+from .openai import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChunkChoice,
+    ContentPart,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DeltaMessage,
+    ErrorBody,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    NamedToolChoice,
+    ParamError,
+    PromptTokensDetails,
+    ResponseFormat,
+    ResponseMessage,
+    SamplingFields,
+    StreamOptions,
+    TextPart,
+    Tool,
+    Usage,
+    WireModel,
+    new_id,
+)
+
+from .embeddings import (
+    MAX_EMBEDDING_INPUTS,
+    EmbeddingInput,
+    EmbeddingRequest,
+)
+
+from .responses import (
+    InputMessage,
+    InputText,
+    ResponseRequest,
+    response_item_id,
+)
+
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "ContentPart",
+    "DeltaMessage",
+    "EmbeddingInput",
+    "EmbeddingRequest",
+    "ErrorBody",
+    "ErrorResponse",
+    "InputMessage",
+    "InputText",
+    "MAX_EMBEDDING_INPUTS",
+    "ModelCard",
+    "ModelList",
+    "NamedToolChoice",
+    "ParamError",
+    "PromptTokensDetails",
+    "ResponseFormat",
+    "ResponseMessage",
+    "ResponseRequest",
+    "SamplingFields",
+    "StreamOptions",
+    "TextPart",
+    "Tool",
+    "Usage",
+    "WireModel",
+    "new_id",
+    "response_item_id",
+]
