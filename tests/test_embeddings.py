@@ -450,7 +450,7 @@ def test_embeddings_can_be_switched_off() -> None:
 
     settings = _settings(build_parser().parse_args(["serve", "--no-embeddings"]))
     assert settings.embeddings is False
-    assert embedding_provider(settings) is None
+    assert embedding_provider(settings, repack=False) is None
     assert load_settings(env={"INTERFERENCE_EMBEDDINGS": "false"}).embeddings is False
     assert load_settings(env={}).embeddings is True
 
@@ -462,4 +462,4 @@ def test_a_wrong_embedding_model_path_fails_at_start_up(tmp_path: Path) -> None:
 
     settings = load_settings({"embedding_model": str(tmp_path / "missing.gguf")}, env={})
     with pytest.raises(ModelLoadError, match="embedding model not found"):
-        embedding_provider(settings)
+        embedding_provider(settings, repack=False)

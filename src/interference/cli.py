@@ -61,6 +61,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
     )
     g.add_argument(
+        "--repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let llama.cpp repack weights for this CPU's matrix instructions "
+        "(default: off on CPUs with AMX, where it crashes; on elsewhere)",
+    )
+    g.add_argument(
         "--embedding-model",
         metavar="PATH",
         help="GGUF file or sentence-transformers BERT folder for /v1/embeddings (default: all-MiniLM-L6-v2)",
@@ -137,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
-    "cache_type", "request_timeout", "aliases", "api_keys", "log_level", "embeddings", "embedding_model",
+    "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
+    "embedding_model",
 )  # fmt: skip
 
 

@@ -46,6 +46,8 @@ class EngineOptions(_Frozen):
     max_queue: Annotated[int, Field(ge=0)] = 64
     cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     request_timeout: Annotated[float, Field(gt=0)] = 600.0
+    # llama.cpp's repacked weight buffers; None: off on CPUs with AMX (they crash there), on elsewhere.
+    repack: bool | None = None
 
 
 class LocalDeployment(EngineOptions):
@@ -130,6 +132,7 @@ _ENV_KEYS = {
     "MAX_QUEUE": "max_queue",
     "CACHE_TYPE": "cache_type",
     "REQUEST_TIMEOUT": "request_timeout",
+    "REPACK": "repack",
     "ALIASES": "aliases",
     "API_KEYS": "api_keys",
     "API_KEY": "api_keys",

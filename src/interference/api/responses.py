@@ -21,8 +21,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InterferenceError, UnsupportedParameter
-from ..protocol import ChatCompletionRequest
-from ..protocol import ResponseRequest, response_item_id
+from ..protocol import ChatCompletionRequest, ResponseRequest, response_item_id
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse

@@ -12,9 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from ..protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from ..protocol import EmbeddingRequest
-from ..protocol import ResponseRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .state import AppState

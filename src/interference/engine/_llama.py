@@ -19,7 +19,15 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LlamaRuntime", "ModelInfo", "ModelLoadError", "physical_cores", "quiet_llama_logs", "tokenize"]
+__all__ = [
+    "LlamaRuntime",
+    "ModelInfo",
+    "ModelLoadError",
+    "model_params",
+    "physical_cores",
+    "quiet_llama_logs",
+    "tokenize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,14 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     add_bos: bool
+
+
+def model_params(*, repack: bool) -> Any:
+    """llama.cpp's model parameters; ``repack`` False keeps weights out of the extra buffer types
+    (see ``cpu.py``: the AMX one crashes)."""
+    mparams = C.llama_model_default_params()
+    mparams.use_extra_bufts = repack
+    return mparams
 
 
 def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -92,13 +108,13 @@ class LlamaRuntime:
         n_batch: int,
         n_threads: int,
         cache_type: str = "f16",
+        repack: bool,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         C.llama_backend_init()
-        mparams = C.llama_model_default_params()
-        self._model = C.llama_model_load_from_file(str(self.path).encode(), mparams)
+        self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params(repack=repack))
         if not self._model:
             raise ModelLoadError(f"not a loadable GGUF model: {self.path}")
         self._vocab = C.llama_model_get_vocab(self._model)
@@ -134,7 +150,8 @@ class LlamaRuntime:
         self.n_batch = int(C.llama_n_batch(self._ctx))
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self.batch_size = 0
-        self._piece_buf = ctypes.create_string_buffer(256)
+        # Token bytes by id, filled on first use. Both the scheduler thread and the event loop read
+        # pieces, so each lookup that misses renders into a buffer of its own.
         self._pieces: dict[int, bytes] = {}
         self.info = self._read_info()
 
@@ -180,13 +197,12 @@ class LlamaRuntime:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
-        n = C.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = C.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-            data = buf.raw[:n]
-        else:
-            data = self._piece_buf.raw[:n]
+        data = buf.raw[:n]
         self._pieces[token] = data
         return data
 

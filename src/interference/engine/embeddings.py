@@ -24,7 +24,7 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 import numpy.typing as npt
 
-from ._llama import ModelLoadError, tokenize
+from ._llama import ModelLoadError, model_params, tokenize
 from .embedding_source import EmbeddingSource
 
 __all__ = ["EmbeddingEngine", "EmbeddingInfo", "EmbeddingInputError", "EmbeddingRuntime"]
@@ -65,9 +65,9 @@ class EmbeddingInfo:
 class EmbeddingRuntime:
     """An embedding model and its context; returns L2-normalised pooled vectors."""
 
-    def __init__(self, path: Path, *, n_threads: int) -> None:
+    def __init__(self, path: Path, *, n_threads: int, repack: bool) -> None:
         C.llama_backend_init()
-        self._model = C.llama_model_load_from_file(str(path).encode(), C.llama_model_default_params())
+        self._model = C.llama_model_load_from_file(str(path).encode(), model_params(repack=repack))
         if not self._model:
             raise ModelLoadError(f"not a loadable GGUF model: {path}")
         self._ctx = None
@@ -181,9 +181,10 @@ class EmbeddingEngine:
     request pays the load (well under a second for the bundled model).
     """
 
-    def __init__(self, source: EmbeddingSource, *, threads: int) -> None:
+    def __init__(self, source: EmbeddingSource, *, threads: int, repack: bool) -> None:
         self.source = source
         self.threads = threads
+        self.repack = repack
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: EmbeddingRuntime | None = None
         self._load_error: Exception | None = None
@@ -196,7 +197,7 @@ class EmbeddingEngine:
         started = time.perf_counter()
         try:
             path = self.source.gguf()
-            self._runtime = EmbeddingRuntime(path, n_threads=self.threads)
+            self._runtime = EmbeddingRuntime(path, n_threads=self.threads, repack=self.repack)
         except Exception:
             logger.exception("could not load the embedding model %s", self.source.name)
             raise

@@ -51,6 +51,7 @@ class EngineConfig:
     batch_size: int = 512
     max_queue: int = 64
     cache_type: str = "f16"  # KV cache element type: f16, q8_0 or q4_0
+    repack: bool = False  # weights in llama.cpp's extra (repacked) buffer types: see cpu.py
     request_timeout: float = 600.0
 
 
@@ -69,6 +70,7 @@ class Engine:
             n_batch=max(config.batch_size, 512),
             n_threads=threads,
             cache_type=config.cache_type,
+            repack=config.repack,
         )
         self.info: ModelInfo = self.runtime.info
         self.threads = threads

@@ -5,6 +5,11 @@ Pure pydantic models and validators: no HTTP, no engine, nothing else from the p
 
 from __future__ import annotations
 
+from .embeddings import (
+    MAX_EMBEDDING_INPUTS,
+    EmbeddingInput,
+    EmbeddingRequest,
+)
 from .openai import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -12,10 +17,10 @@ from .openai import (
     ChatCompletionRequest,
     ChatMessage,
     ChunkChoice,
-    ContentPart,
     Completion,
     CompletionChoice,
     CompletionRequest,
+    ContentPart,
     DeltaMessage,
     ErrorBody,
     ErrorResponse,
@@ -34,13 +39,6 @@ from .openai import (
     WireModel,
     new_id,
 )
-
-from .embeddings import (
-    MAX_EMBEDDING_INPUTS,
-    EmbeddingInput,
-    EmbeddingRequest,
-)
-
 from .responses import (
     InputMessage,
     InputText,
@@ -48,8 +46,8 @@ from .responses import (
     response_item_id,
 )
 
-
 __all__ = [
+    "MAX_EMBEDDING_INPUTS",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
@@ -67,7 +65,6 @@ __all__ = [
     "ErrorResponse",
     "InputMessage",
     "InputText",
-    "MAX_EMBEDDING_INPUTS",
     "ModelCard",
     "ModelList",
     "NamedToolChoice",

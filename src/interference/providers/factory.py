@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..config import EngineOptions, LocalDeployment, OpenAIDeployment, Settings
 from ..engine import Engine, EngineConfig, embedded_model_path, model_id_for
+from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
 from ..router import Deployment, Route
 from .base import Provider
 from .local import LocalProvider
@@ -22,9 +23,10 @@ __all__ = ["build_routes", "load_engine"]
 logger = logging.getLogger(__name__)
 
 
-def load_engine(path: str | None, options: EngineOptions) -> Engine:
+def load_engine(path: str | None, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
     """Load a GGUF (the embedded model when ``path`` is None); raises ``ModelLoadError``."""
     gguf = Path(path).expanduser() if path else embedded_model_path()
+    repack = choose_repack(options.repack, cpu)
     engine = Engine(
         EngineConfig(
             path=gguf,
@@ -35,9 +37,10 @@ def load_engine(path: str | None, options: EngineOptions) -> Engine:
             max_queue=options.max_queue,
             cache_type=options.cache_type,
             request_timeout=options.request_timeout,
+            repack=repack.enabled,
         )
     )
-    logger.info("loaded %s", engine.describe())
+    logger.info("loaded %s; weight repacking %s", engine.describe(), repack.reason)
     return engine
 
 
@@ -45,6 +48,7 @@ def load_engine(path: str | None, options: EngineOptions) -> Engine:
 class _Shared:
     """What deployments share: one engine per GGUF, one HTTP client pool for every upstream."""
 
+    cpu: CpuInfo
     engines: dict[str, Provider] = field(default_factory=dict)
     pool: UpstreamPool | None = None
 
@@ -53,7 +57,7 @@ def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -
     if isinstance(deployment, LocalDeployment):
         key = str(deployment.path)
         if key not in shared.engines:
-            engine = load_engine(deployment.path, deployment)
+            engine = load_engine(deployment.path, deployment, cpu=shared.cpu)
             shared.engines[key] = LocalProvider(engine, name=f"local:{model_id_for(engine.info.path)}")
         return shared.engines[key]
     from .upstream import UpstreamPool, UpstreamProvider  # only gateway configs need httpx machinery
@@ -65,7 +69,7 @@ def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -
 
 def build_routes(settings: Settings) -> list[Route]:
     """Configured models first (they win alias clashes), then the default local model."""
-    shared = _Shared()
+    shared = _Shared(cpu=read_cpu_info())  # read once: every engine decides on repacking from it
     routes: list[Route] = []
     for entry in settings.models:
         deployments = []
@@ -87,7 +91,7 @@ def build_routes(settings: Settings) -> list[Route]:
     assert isinstance(provider, LocalProvider)
     name = settings.model_name or model_id_for(provider.engine.info.path)
     routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
-    embedder = embedding_provider(settings)
+    embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
         deployment = Deployment(embedder, embedder.model_name)
         routes.append(Route(name=embedder.model_name, deployments=[deployment], aliases=EMBEDDING_ALIASES))

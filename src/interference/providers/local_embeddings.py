@@ -12,8 +12,7 @@ from ..engine._llama import ModelLoadError, physical_cores
 from ..engine.embedding_source import EmbeddingSource
 from ..engine.embeddings import EmbeddingEngine, EmbeddingInputError
 from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest
-from ..protocol import ChatCompletionRequest, CompletionRequest
-from ..protocol import EmbeddingRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .base import Delta, Embeddings, Provider
 
 __all__ = ["EMBEDDING_ALIASES", "LocalEmbeddingProvider", "embedding_provider"]
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
 
-def embedding_provider(settings: Settings) -> LocalEmbeddingProvider | None:
+def embedding_provider(settings: Settings, *, repack: bool) -> LocalEmbeddingProvider | None:
     """The embedding provider that ``settings`` asks for, or None (disabled, or not installed).
 
     Cheap: the model loads on the provider's own thread on first use. Raises
@@ -39,7 +38,8 @@ def embedding_provider(settings: Settings) -> LocalEmbeddingProvider | None:
             "/v1/embeddings will answer 404 for the default names"
         )
         return None
-    return LocalEmbeddingProvider(EmbeddingEngine(source, threads=settings.threads or physical_cores()))
+    engine = EmbeddingEngine(source, threads=settings.threads or physical_cores(), repack=repack)
+    return LocalEmbeddingProvider(engine)
 
 
 class LocalEmbeddingProvider(Provider):
