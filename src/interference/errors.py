@@ -12,6 +12,7 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     │   └── ModelNotFound (code model_not_found)
     ├── Overloaded (429, Retry-After)
     ├── RequestTimedOut (504)
+    ├── ServiceUnavailable (503)
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
@@ -31,6 +32,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RequestTimedOut",
+    "ServiceUnavailable",
     "UnsupportedParameter",
     "UpstreamConnectError",
     "UpstreamError",
@@ -107,6 +109,14 @@ class RequestTimedOut(InterferenceError):
     status = 504
     type = "timeout_error"
     code = "request_timeout"
+
+
+class ServiceUnavailable(InterferenceError):
+    """The backend cannot take requests at all now (its engine stopped, or the server is stopping)."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
 
 class UpstreamError(InterferenceError):

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..providers.local import LocalProvider
 from ..router import Router
 
 __all__ = ["Metrics", "MetricsMiddleware"]
@@ -52,15 +51,15 @@ class _EngineCollector(Collector):
             ),
         }
         for provider in self._router.providers:
-            if not isinstance(provider, LocalProvider):
+            stats = provider.stats()
+            if stats is None:
                 continue
-            sched = provider.engine.scheduler
             name = [provider.name]
-            active.add_metric(name, sched.n_active)
-            total.add_metric(name, sched.n_slots)
-            waiting.add_metric(name, sched.n_waiting)
+            active.add_metric(name, stats.slots_active)
+            total.add_metric(name, stats.slots_total)
+            waiting.add_metric(name, stats.requests_waiting)
             for key, family in counters.items():
-                family.add_metric(name, float(getattr(sched.stats, key)))
+                family.add_metric(name, float(getattr(stats, key)))
         yield from (active, total, waiting, *counters.values())
 
 

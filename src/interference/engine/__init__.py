@@ -2,7 +2,7 @@
 
 from ._llama import ModelLoadError
 from .engine import EMBEDDED_MODEL_FILE, Engine, EngineConfig, embedded_model_path, model_id_for
-from .handle import QueueFull, RequestHandle
+from .handle import EngineUnavailable, QueueFull, RequestHandle
 from .types import EngineOutput, EngineRequest, FinishReason, SamplingParams, TokenLogprob
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "EngineConfig",
     "EngineOutput",
     "EngineRequest",
+    "EngineUnavailable",
     "FinishReason",
     "ModelLoadError",
     "QueueFull",

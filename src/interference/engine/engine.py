@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._llama import LlamaRuntime, ModelInfo, ModelLoadError, physical_cores
-from .chat_template import ChatTemplate
+from .chat_template import ChatTemplate, TemplateError
 from .handle import RequestHandle
 from .scheduler import EngineStats, Scheduler
 from .types import EngineRequest
@@ -74,9 +74,13 @@ class Engine:
         )
         self.info: ModelInfo = self.runtime.info
         self.threads = threads
-        self.template = ChatTemplate(
-            self.info.chat_template, bos_token=self.info.bos_token, eos_token=self.info.eos_token
-        )
+        try:
+            self.template = ChatTemplate(
+                self.info.chat_template, bos_token=self.info.bos_token, eos_token=self.info.eos_token
+            )
+        except TemplateError as exc:
+            self.runtime.close()
+            raise ModelLoadError(f"{config.path}: {exc}") from None
         self.scheduler = Scheduler(
             self.runtime,
             n_slots=config.parallel,
@@ -102,9 +106,11 @@ class Engine:
     def start(self) -> None:
         self.scheduler.start()
 
-    def close(self) -> None:
-        self.scheduler.stop()
-        self.runtime.close()
+    def close(self, timeout: float = 30.0) -> None:
+        if self.scheduler.stop(timeout):
+            self.runtime.close()
+        else:  # freeing the context under a running decode would crash the process
+            logger.error("the engine thread did not stop in time; its llama.cpp context is left allocated")
 
     def render_chat(self, messages: list[dict[str, Any]], **extra: Any) -> list[int]:
         """Apply the chat template and tokenize (special tokens parsed, BOS as the model wants)."""

@@ -11,11 +11,35 @@ from collections.abc import Callable
 
 from .types import EngineOutput, EngineRequest
 
-__all__ = ["HandleState", "QueueFull", "RequestHandle", "WaitQueue"]
+__all__ = ["EngineUnavailable", "HandleState", "QueueFull", "RequestHandle", "WaitQueue", "estimate_wait"]
+
+# Retry-After hints stay within these bounds (seconds).
+MIN_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 60.0
 
 
 class QueueFull(Exception):
-    """More requests are waiting than the engine accepts; the client should retry later."""
+    """More requests are waiting than the engine accepts; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float = MIN_RETRY_AFTER) -> None:
+        super().__init__(f"queue full; retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class EngineUnavailable(Exception):
+    """The engine's thread has stopped (it failed, or the server is shutting down)."""
+
+
+def estimate_wait(*, position: int, n_slots: int, service_seconds: float | None) -> float:
+    """Seconds until a request at ``position`` in the waiting queue (0 = next) would get a slot.
+
+    Every ``n_slots`` requests ahead of it take about one recent service time to clear. Without a
+    recent service time the minimum is returned.
+    """
+    if not service_seconds or service_seconds <= 0:
+        return MIN_RETRY_AFTER
+    rounds = (position + 1) / max(1, n_slots)
+    return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, rounds * service_seconds))
 
 
 class HandleState(enum.Enum):
@@ -38,7 +62,8 @@ class RequestHandle:
     ) -> None:
         self.request = request
         self.deadline = deadline
-        self.state = HandleState.QUEUED
+        self.state = HandleState.QUEUED  # changed only under _lock: see try_start and abort
+        self._lock = threading.Lock()
         self._loop = loop
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._on_abort = on_abort
@@ -60,7 +85,16 @@ class RequestHandle:
 
     def mark(self, output: EngineOutput) -> None:
         if output.finish_reason is not None or output.error is not None:
-            self.state = HandleState.DONE
+            with self._lock:
+                self.state = HandleState.DONE
+
+    def try_start(self) -> bool:
+        """QUEUED -> RUNNING, atomically with ``abort``: False when the request was aborted first."""
+        with self._lock:
+            if self.state is not HandleState.QUEUED:
+                return False
+            self.state = HandleState.RUNNING
+            return True
 
     # Called on the event loop.
     @staticmethod
@@ -70,9 +104,11 @@ class RequestHandle:
 
     def abort(self) -> None:
         """Stop generating; a no-op once finished. Safe from any thread."""
-        if self.state in (HandleState.QUEUED, HandleState.RUNNING):
+        with self._lock:
+            if self.state not in (HandleState.QUEUED, HandleState.RUNNING):
+                return
             self.state = HandleState.ABORTED
-            self._on_abort(self)
+        self._on_abort(self)
 
     def __aiter__(self) -> RequestHandle:
         return self
@@ -102,6 +138,7 @@ class WaitQueue:
         return self._capacity
 
     def put(self, handle: RequestHandle) -> None:
+        """Queue ``handle``; raises ``QueueFull`` (without a wait estimate) at the bound."""
         with self._cond:
             if len(self._items) + self.active >= self._capacity:
                 raise QueueFull
@@ -109,11 +146,11 @@ class WaitQueue:
             self._cond.notify()
 
     def pop(self) -> RequestHandle | None:
-        """Next waiting handle that is still wanted, counted as active."""
+        """Next waiting handle that is still wanted, now RUNNING and counted as active."""
         with self._cond:
             while self._items:
                 handle = self._items.popleft()
-                if not handle.is_aborted:
+                if handle.try_start():
                     self.active += 1
                     return handle
             return None

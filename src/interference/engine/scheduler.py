@@ -21,16 +21,18 @@ import numpy as np
 
 from ._llama import LlamaRuntime
 from .detok import IncrementalDetokenizer, StopMatcher
-from .handle import HandleState, QueueFull, RequestHandle, WaitQueue
+from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from .prefix import SlotView, pick_slot
 from .sampling import CandidateBuffer, Sampler
 from .types import EngineOutput, EngineRequest, FinishReason, TokenLogprob
 
-__all__ = ["EngineStats", "QueueFull", "RequestHandle", "Scheduler"]
+__all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Scheduler"]
 
 logger = logging.getLogger(__name__)
 
 MIN_PREFILL = 32
+# Weight of the newest request in the running average of service times (Retry-After hints).
+SERVICE_EWMA_ALPHA = 0.2
 
 
 class _Phase(enum.Enum):
@@ -52,6 +54,7 @@ class _Job:
     n_generated: int = 0
     added: int = 0  # tokens this job put in the current batch
     logprobs: list[TokenLogprob] | None = None  # gathered since the last output
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False, slots=True)
@@ -72,6 +75,7 @@ class EngineStats:
     completion_tokens: int = 0
     steps: int = 0
     decode_seconds: float = 0.0
+    service_seconds: float | None = None  # running average, admission to finish, of recent requests
 
 
 class Scheduler:
@@ -95,6 +99,7 @@ class Scheduler:
         self._outbox: list[tuple[RequestHandle, EngineOutput]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------ event-loop side
@@ -119,34 +124,84 @@ class Scheduler:
     def n_active(self) -> int:
         return self._waiting.active
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine cannot serve (its thread failed or exited), or None while it can."""
+        if self._failure is not None:
+            return self._failure
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
+            return "the engine thread exited"
+        return None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="interference-engine", daemon=True)
         self._thread.start()
 
     def submit(self, request: EngineRequest) -> RequestHandle:
-        """Queue a request; raises ``QueueFull`` when the waiting queue is at its bound."""
-        if self._stopping:
-            raise RuntimeError("engine is shutting down")
+        """Queue a request; raises ``QueueFull`` at the queue's bound, ``EngineUnavailable`` once the
+        engine has stopped."""
+        failure = "the server is shutting down" if self._stopping else self.failure
+        if failure is not None:
+            raise EngineUnavailable(failure)
         loop = asyncio.get_running_loop()
         handle = RequestHandle(request, loop, self._on_abort, deadline=time.monotonic() + self._timeout)
-        self._waiting.put(handle)
+        try:
+            self._waiting.put(handle)
+        except QueueFull:
+            raise QueueFull(self.retry_after()) from None
         return handle
+
+    def retry_after(self) -> float:
+        """Seconds a client turned away now should wait: the queue's length in recent service times."""
+        return estimate_wait(
+            position=len(self._waiting), n_slots=len(self._slots), service_seconds=self.stats.service_seconds
+        )
 
     def _on_abort(self, handle: RequestHandle) -> None:
         self._waiting.remove(handle)  # frees its queue place at once if it was still waiting
         self._waiting.poke()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the worker thread; False when it is still running after ``timeout`` seconds (then the
+        llama.cpp context must not be freed under it)."""
         self._stopping = True
         self._waiting.poke()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
         for handle in self._waiting.drain():
             handle.push(EngineOutput(error="the server is shutting down"))
+        return self._thread is None or not self._thread.is_alive()
 
     # ------------------------------------------------------------------ worker thread
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        """The loop itself failed: nothing may touch llama.cpp again. Every request in the engine ends
+        with an error, and ``failure`` turns /health to 503 and new requests away."""
+        self._failure = f"the engine failed: {type(exc).__name__}: {exc}"
+        logger.critical(
+            "%s; %d running and %d waiting requests fail, and new ones are refused until restart",
+            self._failure,
+            sum(1 for s in self._slots if s.job is not None),
+            len(self._waiting),
+            exc_info=exc,
+        )
+        outputs = [(s.job.handle, EngineOutput(error="internal engine error")) for s in self._slots if s.job]
+        outputs += [(h, EngineOutput(error="internal engine error")) for h in self._waiting.drain()]
+        for slot in self._slots:
+            if slot.job is not None:
+                slot.job = None
+                self._waiting.release()
+        for handle, output in outputs:
+            with contextlib.suppress(Exception):
+                handle.push(output)
+
+    def _serve(self) -> None:
         while not self._stopping:
             busy = True
             try:
@@ -216,7 +271,6 @@ class Scheduler:
         slot.job.stops = StopMatcher(list(req.stop))
         if req.top_logprobs is not None:
             slot.job.logprobs = []
-        handle.state = HandleState.RUNNING
         logger.debug(
             "request %s -> slot %d, %d/%d prompt tokens cached",
             req.request_id,
@@ -365,6 +419,11 @@ class Scheduler:
             text += job.stops.feed(job.detok.flush())
             text += job.stops.flush()
         stats = self.stats
+        elapsed = time.monotonic() - job.started
+        previous = stats.service_seconds
+        stats.service_seconds = (
+            elapsed if previous is None else previous + SERVICE_EWMA_ALPHA * (elapsed - previous)
+        )
         stats.requests_finished += 1
         stats.prompt_tokens += len(req.prompt)
         stats.cached_tokens += job.n_cached

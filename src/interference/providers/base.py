@@ -13,7 +13,7 @@ import numpy.typing as npt
 from ..errors import InvalidRequest
 from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
-__all__ = ["Delta", "Embeddings", "Provider", "TokenUsage", "aclose_stream"]
+__all__ = ["Delta", "Embeddings", "Provider", "ProviderStats", "TokenUsage", "aclose_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,21 @@ class Embeddings:
     prompt_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    """A local engine's load and counters at one moment, for the metrics endpoint."""
+
+    slots_active: int
+    slots_total: int
+    requests_waiting: int
+    requests_finished: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    decode_seconds: float = 0.0
+
+
 class Provider(abc.ABC):
     """A backend that can serve completions for the model ids it was configured with.
 
@@ -77,6 +92,10 @@ class Provider(abc.ABC):
 
     def is_healthy(self) -> bool:
         return True
+
+    def stats(self) -> ProviderStats | None:
+        """Load and counters of a backend that schedules its own work (a local engine); else None."""
+        return None
 
 
 async def aclose_stream(stream: AsyncIterator[Delta]) -> None:

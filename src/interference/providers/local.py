@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..engine import Engine, EngineRequest, QueueFull, SamplingParams
+from ..engine import Engine, EngineRequest, EngineUnavailable, QueueFull, SamplingParams
 from ..engine.chat_template import TemplateError
 from ..errors import (
     ContextLengthExceeded,
@@ -15,10 +15,11 @@ from ..errors import (
     InvalidRequest,
     Overloaded,
     RequestTimedOut,
+    ServiceUnavailable,
     UnsupportedParameter,
 )
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
-from .base import Delta, Provider, TokenUsage
+from .base import Delta, Provider, ProviderStats, TokenUsage
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
 from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
@@ -57,20 +58,31 @@ class LocalProvider(Provider):
     async def aclose(self) -> None:
         await asyncio.to_thread(self.engine.close)
 
+    def is_healthy(self) -> bool:
+        return self.engine.scheduler.failure is None
+
+    def stats(self) -> ProviderStats:
+        sched = self.engine.scheduler
+        s = sched.stats
+        return ProviderStats(
+            slots_active=sched.n_active,
+            slots_total=sched.n_slots,
+            requests_waiting=sched.n_waiting,
+            requests_finished=s.requests_finished,
+            prompt_tokens=s.prompt_tokens,
+            cached_tokens=s.cached_tokens,
+            completion_tokens=s.completion_tokens,
+            steps=s.steps,
+            decode_seconds=s.decode_seconds,
+        )
+
     # ------------------------------------------------------------------ requests
 
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         self._check_n(request)
         mode = tool_mode(request)
-        grammar = self._grammar(request, mode)
-        native = mode != "none" and self.engine.template_renders_tools
-        extra: dict[str, Any] = {}
-        if native:
-            extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
-        try:
-            prompt = self.engine.render_chat(message_dicts(request, native=native), **extra)
-        except TemplateError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
+        # Rendering, tokenizing and compiling a schema grow with the request: off the event loop.
+        prompt, grammar = await asyncio.to_thread(self._chat_prompt, request, mode)
         top = (request.top_logprobs or 0) if request.logprobs else None
         plan = _Plan(prompt, request.max_new_tokens, "messages", grammar=grammar, top_logprobs=top)
         choices: list[AsyncIterator[Delta]] = []
@@ -84,10 +96,32 @@ class LocalProvider(Provider):
         async for delta in merge(choices):
             yield delta
 
+    def _chat_prompt(self, request: ChatCompletionRequest, mode: str) -> tuple[list[int], str | None]:
+        """The prompt's tokens and the output grammar, if any (runs in a worker thread)."""
+        grammar = self._grammar(request, mode)
+        native = mode != "none" and self.engine.template_renders_tools
+        extra: dict[str, Any] = {}
+        if native:
+            extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
+        try:
+            return self.engine.render_chat(message_dicts(request, native=native), **extra), grammar
+        except TemplateError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+
     async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         self._check_n(request)
         if request.suffix:
             raise UnsupportedParameter("suffix (fill-in-the-middle) is not supported", param="suffix")
+        prompt, echoed = await asyncio.to_thread(self._completion_prompt, request)
+        plan = _Plan(
+            prompt, request.max_tokens, "prompt", top_logprobs=request.logprobs, legacy_logprobs=True
+        )
+        choices = [self._generate(plan, request, index=i, echo=echoed) for i in range(request.n or 1)]
+        async for delta in merge(choices):
+            yield delta
+
+    def _completion_prompt(self, request: CompletionRequest) -> tuple[list[int], str]:
+        """The prompt's tokens and the text to echo (runs in a worker thread)."""
         source = request.prompt_text
         if isinstance(source, str):
             prompt = self.engine.tokenize(source)
@@ -100,15 +134,10 @@ class LocalProvider(Provider):
             prompt = source
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
-        plan = _Plan(
-            prompt, request.max_tokens, "prompt", top_logprobs=request.logprobs, legacy_logprobs=True
-        )
         echoed = ""
         if request.echo:
             echoed = source if isinstance(source, str) else self.engine.detokenize(prompt)
-        choices = [self._generate(plan, request, index=i, echo=echoed) for i in range(request.n or 1)]
-        async for delta in merge(choices):
-            yield delta
+        return prompt, echoed
 
     def _check_n(self, request: SamplingFields) -> None:
         """More choices than the engine can ever hold at once is the request's fault, not a busy server."""
@@ -174,10 +203,13 @@ class LocalProvider(Provider):
         )
         try:
             handle = self.engine.submit(engine_request)
-        except QueueFull:
+        except QueueFull as exc:
             raise Overloaded(
-                "The server is at capacity: too many requests are waiting. Retry shortly.", retry_after=1.0
+                "The server is at capacity: too many requests are waiting. Retry shortly.",
+                retry_after=exc.retry_after,
             ) from None
+        except EngineUnavailable as exc:
+            raise ServiceUnavailable(f"The model is not available: {exc}.") from None
         offset = len(echo)
         try:
             if echo:
