@@ -16,6 +16,9 @@ Targets, started one at a time and pinned to CPU 1 (the load generator and the s
   the lean HTTP/1.1 transport, to show what the transport is worth;
 * ``interference_asyncio_h11``: the same app on the plain asyncio loop with the pure-Python h11
   parser, to show what uvloop and httptools are worth;
+* ``interference_aiohttp``: the same app with ``httpx-aiohttp``'s ``AiohttpTransport`` (the aiohttp
+  backend of the openai SDK) instead of the lean transport; skipped unless ``httpx-aiohttp`` is
+  installed;
 * ``litellm``: ``litellm --config ... --num_workers 1`` from its own virtualenv
   (``.venv-litellm``, created with ``pip install 'litellm[proxy]'`` if missing), master key set.
 
@@ -28,6 +31,7 @@ Progress goes to stderr, one JSON object to stdout. Nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -56,6 +60,11 @@ from _gateway_load import (
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-master"
 UPSTREAM_KEY = "sk-bench-upstream"
+VARIANTS = {
+    "httpcore": ["--loop", "uvloop", "--http", "httptools", "--transport", "httpcore"],
+    "asyncio_h11": ["--loop", "asyncio", "--http", "h11", "--transport", "http1"],
+    "aiohttp": ["--loop", "uvloop", "--http", "httptools", "--transport", "aiohttp"],
+}
 
 
 # ---------------------------------------------------------------------- an interference variant
@@ -71,6 +80,15 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
 
     if transport == "httpcore":
         upstream._transport = lambda: None  # httpx's default transport (httpcore's pool)
+    elif transport == "aiohttp":
+        import aiohttp
+        from httpx_aiohttp import AiohttpTransport
+
+        def session() -> aiohttp.ClientSession:
+            # As our own pool: no connection cap (the library would apply aiohttp's 100), 30 s keep-alive.
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0))
+
+        upstream._transport = lambda: AiohttpTransport(client=session)
     app = create_app(load_settings({"port": port}, config_file=config))
     uvicorn.run(app, host="127.0.0.1", port=port, loop=loop, http=http, access_log=False, log_level="warning")
 
@@ -227,6 +245,18 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             "added_p99_ms": r["c1"]["p99_ms"] - direct["c1"]["p99_ms"],
             "added_ttft_p50_ms": r["stream_c1"]["ttft_p50_ms"] - direct["stream_c1"]["ttft_p50_ms"],
         }
+    ours = results.get("interference")
+    for name, r in results.items():
+        if name.startswith("interference_") and ours is not None and name in out:
+            # A variant against the shipped build, measured in the same run: > 1 is the variant faster.
+            out[name]["rps_over_interference"] = {
+                c: r[c]["rps"] / ours[c]["rps"] if ours[c]["rps"] else None for c in ("c16", "c64")
+            }
+            out[name]["added_p50_over_interference"] = (
+                out[name]["added_p50_ms"] / out["interference"]["added_p50_ms"]
+                if out["interference"]["added_p50_ms"] > 0
+                else None
+            )
     if "litellm" in results and "interference" in results:
         lite, ours = results["litellm"], results["interference"]
         out["rps_interference_over_litellm"] = {
@@ -254,13 +284,17 @@ def main() -> int:
     variant.add_argument("--port", type=int, required=True)
     variant.add_argument("--loop", default="asyncio")
     variant.add_argument("--http", default="h11")
-    variant.add_argument("--transport", default="http1", choices=["http1", "httpcore"])
+    variant.add_argument("--transport", default="http1", choices=["http1", "httpcore", "aiohttp"])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default 10)")
     parser.add_argument("--litellm-venv", type=Path, default=ROOT / ".venv-litellm")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument(
-        "--skip-variants", action="store_true", help="skip the httpcore and asyncio + h11 runs"
+        "--skip-variants", action="store_true", help="skip the httpcore, asyncio + h11 and aiohttp runs"
     )
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(VARIANTS), metavar="NAME",
+        help=f"run only these variants (of: {', '.join(sorted(VARIANTS))})",
+    )  # fmt: skip
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
         "--wait-quiet", type=float, default=600.0, metavar="S",
@@ -306,11 +340,12 @@ def main() -> int:
              "--no-access-log"],
             {}, f"http://127.0.0.1:{port}/health",
         ))  # fmt: skip
-        variants = {
-            "interference_httpcore": ["--loop", "uvloop", "--http", "httptools", "--transport", "httpcore"],
-            "interference_asyncio_h11": ["--loop", "asyncio", "--http", "h11", "--transport", "http1"],
-        }
-        for name, options in ({} if args.skip_variants else variants).items():
+        chosen = [] if args.skip_variants else args.variants or sorted(VARIANTS)
+        if "aiohttp" in chosen and importlib.util.find_spec("httpx_aiohttp") is None:
+            log("skipping the aiohttp variant: pip install httpx-aiohttp to run it")
+            chosen.remove("aiohttp")
+        for variant_name in chosen:
+            name, options = f"interference_{variant_name}", VARIANTS[variant_name]
             port = free_port()
             runs.append((
                 name,

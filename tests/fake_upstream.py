@@ -1,12 +1,15 @@
-"""A fake OpenAI-compatible upstream: a real uvicorn server on a free port, in a thread.
+"""Fake OpenAI-compatible upstreams on free ports, each in a thread.
 
-Its ``mode`` picks how it behaves and can be changed while it runs; it records what it received.
+``FakeUpstream`` is a real uvicorn server: its ``mode`` picks how it behaves and can be changed while
+it runs; it records what it received. ``RawUpstream`` is a bare socket server for the byte-level
+faults uvicorn cannot be made to show: a TCP reset, a connection closed after the request arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,11 +29,14 @@ MODES = (
     "500",
     "429",
     "400",  # the request's fault, in OpenAI's error shape
+    "403",  # the key is valid but may not use this model
     "echo_key_401",  # a 401 that quotes the Authorization header it got
     "echo_key_500",  # a 500 that quotes it
     "garbage",  # 200, then bytes that are not OpenAI JSON
     "garbage_mid",  # two good chunks, then garbage
     "torn",  # two good chunks, then the connection drops
+    "stall_mid",  # two good chunks, then silence for SLOW_SECONDS (a drip slower than a timeout)
+    "not_sse",  # 200 text/event-stream whose body is JSON lines, not SSE events
     "tools",  # a tool call instead of text
 )
 SLOW_SECONDS = 5.0
@@ -42,6 +48,7 @@ class FakeUpstream:
     mode: str = "ok"
     pieces: tuple[str, ...] = PIECES
     token_delay: float = 0.0
+    retry_after: str | None = None  # a Retry-After header on error answers
     hits: int = 0
     keys: list[str | None] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -96,8 +103,9 @@ class FakeUpstream:
         mode = self.mode
         if mode == "slow":
             await asyncio.sleep(SLOW_SECONDS)
-        if mode in ("500", "429", "400"):
-            return _error(int(mode), f"fake upstream says {mode}")
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+        if mode in ("500", "429", "400", "403"):
+            return _error(int(mode), f"fake upstream says {mode}", headers=headers)
         if mode == "echo_key_401":
             return _error(401, f"Incorrect API key provided: {key}", code="invalid_api_key")
         if mode == "echo_key_500":
@@ -107,6 +115,9 @@ class FakeUpstream:
             if body.get("stream"):
                 return StreamingResponse(_garbage(), media_type="text/event-stream")
             return Response(b"<html>502 Bad Gateway</html>", media_type="application/json")
+        if mode == "not_sse" and body.get("stream"):
+            lines = b"".join(orjson.dumps(c) + b"\n" for c in self._chunks(body, is_chat=is_chat, mode=mode))
+            return Response(lines, media_type="text/event-stream")
         if body.get("stream"):
             return StreamingResponse(
                 self._events(body, is_chat=is_chat, mode=mode), media_type="text/event-stream"
@@ -151,9 +162,11 @@ class FakeUpstream:
     async def _events(self, body: dict[str, Any], *, is_chat: bool, mode: str) -> AsyncIterator[bytes]:
         finished = False
         try:
-            for chunk in self._chunks(body, is_chat=is_chat, mode=mode):
+            for i, chunk in enumerate(self._chunks(body, is_chat=is_chat, mode=mode)):
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
+                if mode == "stall_mid" and i == 3:  # the role chunk and two pieces went out
+                    await asyncio.sleep(SLOW_SECONDS)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             if mode == "garbage_mid":
                 yield b"data: {this is not json\n\n"
@@ -250,15 +263,129 @@ def _logprob(token: str) -> dict[str, Any]:
     return {"token": token, "logprob": -0.5, "bytes": list(token.encode()), "top_logprobs": []}
 
 
-def _error(status: int, message: str, *, code: str | None = "fake_code") -> Response:
+def _error(
+    status: int, message: str, *, code: str | None = "fake_code", headers: dict[str, str] | None = None
+) -> Response:
     error = {
         "message": message,
         "type": "invalid_request_error" if status < 500 else "server_error",
         "param": "messages" if status == 400 else None,
         "code": code,
     }
-    return JSONResponse({"error": error}, status_code=status)
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 async def _garbage() -> AsyncIterator[bytes]:
     yield b"data: <html>this is not an event stream</html>\n\n"
+
+
+# ---------------------------------------------------------------------- byte-level faults
+
+RAW_MODES = (
+    "reset_mid_stream",  # a 200 event stream: the role chunk and two pieces, then a TCP reset
+    "answer_then_close",  # on each connection: answers the first request, reads the next, closes unanswered
+)
+RAW_TEXT = "Hello"
+RAW_PIECES = ("", "Hel", "lo")  # the role chunk, then two pieces
+
+
+@dataclass
+class RawUpstream:
+    """A blocking socket server in a thread; ``requests`` counts the requests that reached it."""
+
+    mode: str = "reset_mid_stream"
+    requests: int = 0
+    connections: int = 0
+    port: int = 0
+    _listener: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> RawUpstream:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            try:
+                for answered in range(2):
+                    if not _read_request(reader):
+                        return
+                    self.requests += 1
+                    if self.mode == "reset_mid_stream":
+                        conn.sendall(_RAW_STREAM_HEAD + b"".join(_chunk(_raw_event(p)) for p in RAW_PIECES))
+                        time.sleep(0.2)  # the pieces reach the client before the reset
+                        _reset(conn)
+                        return
+                    if answered:  # "answer_then_close": the second request is read, never answered
+                        return
+                    body = orjson.dumps(_RAW_REPLY)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            except OSError:
+                return
+            finally:
+                reader.close()
+
+
+def _read_request(reader: Any) -> bool:
+    """Reads one request off the connection; False when the client closed it instead."""
+    length = 0
+    while True:
+        line = reader.readline(65536)
+        if not line:
+            return False
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    reader.read(length)
+    return True
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset (RST) instead of an orderly FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _raw_event(piece: str) -> bytes:
+    delta = {"role": "assistant", "content": ""} if not piece else {"content": piece}
+    chunk = {"id": "raw-1", "object": "chat.completion.chunk", "created": 1, "model": "raw",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+_RAW_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+_RAW_REPLY = {
+    "id": "chatcmpl-raw",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "raw",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": RAW_TEXT}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}

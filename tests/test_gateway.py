@@ -377,7 +377,9 @@ def test_keys_never_reach_clients_or_logs(gw: Gateway) -> None:
         r500 = http.post(
             "/v1/chat/completions", json={"model": "leak500", "messages": MESSAGES, "stream": True}
         )
-    assert r401.status_code == 401 and "[redacted]" in r401.json()["error"]["message"]
+    # The upstream refused the gateway's key, not the client's: a 502, and the key scrubbed from it.
+    assert r401.status_code == 502 and r401.json()["error"]["code"] == "upstream_auth_failed"
+    assert "[redacted]" in r401.json()["error"]["message"]
     assert r500.status_code == 500 and "[redacted]" in r500.json()["error"]["message"]
     assert gw.up["leak401"].keys == [f"Bearer {KEYS['leak401']}"]  # the upstream did get it
     log = gw.server.log

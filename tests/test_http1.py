@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -141,7 +145,7 @@ def test_interim_responses_are_skipped() -> None:
     run(scenario())
 
 
-def test_a_stale_pooled_connection_is_retried_on_a_new_one() -> None:
+def test_a_pooled_connection_the_server_closed_is_never_written_to() -> None:
     async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(ok())
         await writer.drain()
@@ -151,8 +155,94 @@ def test_a_stale_pooled_connection_is_retried_on_a_new_one() -> None:
         async with Server(reply) as server, client() as c:
             for _ in range(3):
                 assert (await c.post(server.url, content=b"x")).text == "hello"
-                await asyncio.sleep(0.05)  # let the close arrive (or not): both must work
+                await asyncio.sleep(0.05)  # the close arrives and the loop sees it
             assert server.connections == 3 and len(server.requests) == 3
+
+    run(scenario())
+
+
+class ThreadedServer:
+    """A blocking server in a thread: answers the first request on each connection, then closes it.
+
+    It runs outside the event loop, so its close can reach the client's socket while the loop is
+    blocked and has not read it yet.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\r\n\r\nx"):
+                    data += conn.recv(65536)
+                self.requests.append(data)
+                conn.sendall(ok())
+            self.closed.set()
+
+    def stop(self) -> None:
+        self.listener.close()
+        self._thread.join(timeout=5)
+
+
+def test_a_close_the_loop_has_not_read_yet_is_seen_before_writing() -> None:
+    server = ThreadedServer()
+
+    async def scenario() -> None:
+        async with client() as c:
+            url = f"http://127.0.0.1:{server.port}/v1/x"
+            for _ in range(3):
+                server.closed.clear()
+                assert (await c.post(url, content=b"x")).text == "hello"
+                assert server.closed.wait(5)
+                time.sleep(0.1)  # blocks the loop: the FIN waits unread on the pooled socket
+        assert len(server.requests) == 3  # each written once, each on a new connection
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset instead of a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("is_reused", [False, True])
+def test_a_written_request_is_never_sent_again(how: str, is_reused: bool) -> None:
+    """The server reads the request and goes away without answering: an error, never a second copy."""
+
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if request.endswith(b"first"):
+            writer.write(ok())
+            return True
+        if how == "reset":
+            _abort(writer)
+        return False
+
+    async def scenario() -> None:
+        async with Server(reply) as server, client() as c:
+            if is_reused:
+                assert (await c.post(server.url, content=b"first")).text == "hello"
+            with pytest.raises(httpx.RemoteProtocolError, match="before any response; not re-sent"):
+                await c.post(server.url, content=b"second")
+            await asyncio.sleep(0.1)  # a second copy, if one were sent, would have arrived by now
+            assert [r.rsplit(b"\r\n", 1)[-1] for r in server.requests] == [b"first"] * is_reused + [b"second"]
+            assert server.connections == 1
 
     run(scenario())
 

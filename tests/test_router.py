@@ -12,6 +12,7 @@ from interference.errors import (
     InterferenceError,
     ModelNotFound,
     Overloaded,
+    UpstreamAuthError,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamStatusError,
@@ -161,6 +162,19 @@ def test_retryable_statuses_fail_over(status: int) -> None:
     router, route, _ = _router(bad, good)
     assert run(_texts(router)) == ["good-1", "good-2"]
     assert route.deployments[0].health is Health.COOLING_DOWN
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_deployment_whose_key_is_refused_fails_over_and_cools_down(status: int) -> None:
+    bad, good = FakeProvider("bad", fail=UpstreamAuthError(status, "bad key")), FakeProvider("good")
+    router, route, _ = _router(bad, good)
+    for _ in range(4):
+        assert run(_texts(router)) == ["good-1", "good-2"]
+    assert bad.calls == 1 and route.deployments[0].health is Health.COOLING_DOWN
+    good.fail = UpstreamAuthError(status, "bad key too")
+    with pytest.raises(UpstreamAuthError) as info:
+        run(_texts(router))
+    assert info.value.status == 502 and info.value.upstream_status == status  # never the client's 401
 
 
 def test_request_errors_are_raised_without_failover_or_cooldown() -> None:

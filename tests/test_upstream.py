@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from interference.config import OpenAIDeployment
 from interference.errors import (
+    UpstreamAuthError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -256,15 +257,47 @@ def test_status_errors(status: int, body: dict[str, Any] | bytes, retryable: boo
         assert exc.type == "rate_limit_error"
 
 
-def test_the_key_is_scrubbed_from_error_bodies() -> None:
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_is_an_auth_error_with_the_key_scrubbed(status: int) -> None:
     body = orjson.dumps({"error": {"message": f"Incorrect API key provided: {KEY}", "key": KEY}})
+    with pytest.raises(UpstreamAuthError) as info:
+        run(collect(lambda _: httpx.Response(status, content=body)))
+    exc = info.value
+    assert (exc.status, exc.upstream_status, exc.retryable, exc.code) == (
+        502,
+        status,
+        True,
+        "upstream_auth_failed",
+    )
+    assert KEY not in exc.message and "[redacted]" in exc.message
+
+
+def test_the_key_is_scrubbed_from_error_bodies() -> None:
+    body = orjson.dumps({"error": {"message": f"failed while checking {KEY}", "key": KEY}})
     with pytest.raises(UpstreamStatusError) as info:
-        run(collect(lambda _: httpx.Response(401, content=body)))
+        run(collect(lambda _: httpx.Response(500, content=body)))
     assert (
         KEY not in info.value.message
         and KEY not in str(info.value.body)
         and "[redacted]" in info.value.message
     )
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "2500", "retry-after": "9"}, 2.5),  # OpenAI's finer header wins
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: now
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_comes_with_the_status_error(headers: dict[str, str], seconds: float | None) -> None:
+    with pytest.raises(UpstreamStatusError) as info:
+        run(collect(lambda _: httpx.Response(429, headers=headers, content=b"{}")))
+    assert info.value.retry_after == seconds
 
 
 def test_transport_errors_map_to_upstream_errors() -> None:

@@ -16,7 +16,8 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
-        ├── UpstreamStatusError (the upstream's own status)
+        ├── UpstreamStatusError (the upstream's own status, and its Retry-After)
+        ├── UpstreamAuthError (the upstream refused the gateway's key: 401 or 403 there, 502 here)
         └── UpstreamProtocolError
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "RequestTimedOut",
     "ServiceUnavailable",
     "UnsupportedParameter",
+    "UpstreamAuthError",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -46,6 +48,7 @@ class InterferenceError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds; sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -140,13 +143,37 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused this deployment's credentials (401 or 403).
+
+    It is the gateway's configuration, not the client's request, that is wrong, so another deployment
+    may answer; when none does, the client gets a 502, not a 401 that would blame its own key.
+    """
+
+    code = "upstream_auth_failed"
+
+    def __init__(self, upstream_status: int, message: str) -> None:
+        super().__init__(
+            f"The upstream server refused the gateway's credentials ({upstream_status}): {message}"
+        )
+        self.upstream_status = upstream_status
+
+
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; 4xx other than 429 are the request's fault."""
 
-    def __init__(self, status: int, message: str, *, body: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        body: dict[str, object] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retry_after = retry_after
         self.retryable = status >= 500 or status == 429
         if status < 500:
             self.type = "invalid_request_error"

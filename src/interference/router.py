@@ -4,9 +4,14 @@ A request names a public model (or an alias). Its route lists deployments (a pro
 model name that provider knows). The router orders them by strategy, healthy ones first, and opens
 the stream on the first that answers:
 
-- a retryable ``UpstreamError`` before the first delta (connect error, timeout, 429, 5xx, garbage)
-  moves on to the next deployment and puts the failed one in cooldown (a circuit breaker that
-  closes by itself when the cooldown ends, or at once when a last-resort attempt succeeds);
+- a retryable ``UpstreamError`` before the first delta moves on to the next deployment and puts the
+  failed one in cooldown (a circuit breaker that closes by itself when the cooldown ends, or at once
+  when a last-resort attempt succeeds). Retryable: ``UpstreamConnectError`` (refused, DNS),
+  ``UpstreamTimeout`` (no answer, or a drip slower than the deployment's timeout),
+  ``UpstreamProtocolError`` (garbage, invalid SSE, a reset, a connection closed after the request was
+  written), ``UpstreamAuthError`` (401/403: this deployment's key is bad, not the request), and
+  ``UpstreamStatusError`` 429 or 5xx (the last one tried reaches the client with its status and
+  ``Retry-After`` when every deployment fails);
 - ``Overloaded`` (a local engine's full queue) moves on without cooldown: the engine is healthy;
 - any other error is the request's fault and is raised as is, before any byte is sent;
 - a failure after the first delta cannot be retried (the client has output): it is raised to the
@@ -14,6 +19,11 @@ the stream on the first that answers:
 
 Deployments in cooldown are tried last, soonest-to-recover first, so a request still succeeds when
 every deployment believed healthy fails but one believed down has come back.
+
+Each deployment gets a request at most once, and the transport never sends it again on its own
+(``providers/http1.py``). Failing over after the request was written (a timeout, a 5xx, a connection
+that broke before any response) may leave work, and a bill, at the failed deployment: the price of
+answering the client, which has received nothing yet, paid at most once per deployment.
 """
 
 from __future__ import annotations

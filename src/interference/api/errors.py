@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InterferenceError, InvalidRequest, NotFound, Overloaded
+from ..errors import InterferenceError, InvalidRequest, NotFound
 from ..protocol import ErrorBody, ErrorResponse, ParamError
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "validation_error"]
@@ -69,7 +69,7 @@ def error_body(exc: InterferenceError) -> ErrorResponse:
 
 def error_response(exc: InterferenceError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, Overloaded):
+    if exc.retry_after is not None:  # our own queue's estimate, or an upstream's own Retry-After
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return JSONResponse(error_body(exc).model_dump(), status_code=exc.status, headers=headers)
 

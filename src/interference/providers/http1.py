@@ -10,17 +10,23 @@ Failures are raised as httpx's own exceptions, so callers see one hierarchy whic
 
     cannot connect                      -> httpx.ConnectError / httpx.ConnectTimeout
     no response in time                 -> httpx.ReadTimeout
-    connection reset                    -> httpx.ReadError
+    connection reset mid-response       -> httpx.ReadError
+    closed or reset before any response -> httpx.RemoteProtocolError (the request is not re-sent)
     malformed response, cut-short body  -> httpx.RemoteProtocolError
 
-A request on a reused connection that the server had already closed (no response byte at all) is
-retried once on a new connection, as browsers and Go's client do.
+A request is written at most once. It goes on a new connection only when it provably never
+reached the server: a pooled connection that the server has closed (its EOF or reset already seen,
+or waiting unread on the socket, checked just before writing) is dropped and never written to. Once
+the bytes are written nothing is sent again, even when the server closes without answering: it may
+have read the request and started work (and billed for it). That case is a
+``httpx.RemoteProtocolError``; the router, not the transport, decides what happens next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,10 +38,6 @@ __all__ = ["Http1Transport"]
 
 _HIGH_WATER = 1 << 20  # buffered response bytes before we stop reading from the socket
 _LOW_WATER = 1 << 18
-
-
-class _StaleConnection(Exception):
-    """A reused connection was closed by the server before it sent anything."""
 
 
 class _Connection(asyncio.Protocol):
@@ -97,7 +99,9 @@ class _Connection(asyncio.Protocol):
             self.complete = True  # the body ran to the end of the connection
             self._wake()
         elif not self._received_any:
-            self._fail(_StaleConnection())
+            # The request was written: the server may have read it, so it is never sent again.
+            how = f"broke ({exc})" if exc is not None else "was closed"
+            self._fail(httpx.RemoteProtocolError(f"the connection {how} before any response; not re-sent"))
         elif exc is not None:
             self._fail(httpx.ReadError(f"connection to the server broke: {exc}"))
         elif self._headers_done:
@@ -151,6 +155,19 @@ class _Connection(asyncio.Protocol):
     @property
     def is_reusable(self) -> bool:
         return self.complete and self._keep_alive and not self.closed
+
+    def is_dropped(self) -> bool:
+        """Whether an idle connection is closed or has input the loop has not read yet (EOF, reset).
+
+        An idle connection may hold nothing unread, so anything readable means it cannot carry a
+        request: the server closed it (or sent bytes nobody asked for).
+        """
+        if self.closed or self._transport is None or self._transport.is_closing():
+            return True
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        return _is_readable(sock.fileno())
 
     async def wait_headers(self, timeout: float | None) -> None:
         while not self._headers_done:
@@ -240,29 +257,19 @@ class Http1Transport(httpx.AsyncBaseTransport):
             + b"\r\n"
             + await request.aread()
         )
-        for attempt in (1, 2):
-            conn = self._checkout(origin)
-            is_reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, timeouts.get("connect"))
-            try:
-                conn.send(data)
-                await conn.wait_headers(timeouts.get("read"))
-            except _StaleConnection:
-                conn.close()
-                if is_reused and attempt == 1:
-                    continue
-                raise httpx.RemoteProtocolError("server disconnected without sending a response") from None
-            except BaseException:
-                conn.close()
-                raise
-            return httpx.Response(
-                conn.status,
-                headers=conn.headers,
-                stream=_Body(self, origin, conn, timeouts.get("read")),
-                extensions={"http_version": b"HTTP/1.1"},
-            )
-        raise AssertionError("unreachable")
+        conn = self._checkout(origin) or await self._connect(origin, timeouts.get("connect"))
+        try:
+            conn.send(data)  # no await between the checks in _checkout and this write
+            await conn.wait_headers(timeouts.get("read"))
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(self, origin, conn, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     def release(self, origin: tuple[str, int], conn: _Connection) -> None:
         """Take a connection back after its response: pooled if whole and reusable, else closed."""
@@ -280,7 +287,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         now = asyncio.get_running_loop().time()
         while stack:
             conn = stack.pop()  # most recently used first: the likeliest to be alive
-            if not conn.closed and now - conn.idle_since < self._expiry:
+            if now - conn.idle_since < self._expiry and not conn.is_dropped():
                 return conn
             conn.close()
         return None
@@ -304,3 +311,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 conn.close()
         self._idle.clear()
         await self._fallback.aclose()
+
+
+def _is_readable(fd: int) -> bool:
+    """A zero-timeout readability check of one socket (poll, so descriptors above 1023 work too)."""
+    if fd < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows has no poll

@@ -1,14 +1,22 @@
 """Upstream OpenAI-compatible deployments (vLLM, SGLang, Ollama, llama-server, OpenAI) over HTTP.
 
 Every upstream deployment shares one keep-alive ``httpx.AsyncClient`` (``UpstreamPool``). Failures
-are translated here, at the boundary, so that the router decides on failover by type alone:
+are translated here, at the boundary, so that the router decides by type alone ("fail over": before
+the first delta the next deployment is tried and this one cools down; after it the stream ends with
+an error event and this one cools down; "surface": the client gets the error, no cooldown):
 
-    httpx.TimeoutException          -> UpstreamTimeout        retryable
-    httpx.ConnectError              -> UpstreamConnectError   retryable
-    other httpx.TransportError      -> UpstreamProtocolError  retryable (a torn connection)
-    malformed or cut-short stream   -> UpstreamProtocolError  retryable
-    status 429 or 5xx               -> UpstreamStatusError    retryable
-    other 4xx                       -> UpstreamStatusError    the request's fault: passed through as is
+    connection refused, DNS failure          -> UpstreamConnectError   fail over
+    connect or read timeout (a slow drip)    -> UpstreamTimeout        fail over
+    closed or reset before any response byte -> UpstreamProtocolError  fail over (never re-sent to this
+                                                                       deployment: see http1.py)
+    reset or cut short mid-body              -> UpstreamProtocolError  fail over
+    malformed JSON or SSE, no [DONE]         -> UpstreamProtocolError  fail over
+    status 401 or 403 (the deployment's key) -> UpstreamAuthError      fail over; 502 when none is left
+    status 429 or 5xx                        -> UpstreamStatusError    fail over; the client gets the
+                                                                       status and Retry-After when none
+                                                                       is left
+    other 4xx                                -> UpstreamStatusError    surface: the request's fault,
+                                                                       passed through as is
 
 A streamed request is forwarded as a stream and each upstream event becomes deltas as it arrives. A
 non-streamed request is forwarded non-streamed and its JSON body becomes one delta per choice: the
@@ -22,6 +30,8 @@ anything the upstream sends back, so it never reaches a client or a log line.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
@@ -33,6 +43,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..config import OpenAIDeployment
 from ..errors import (
+    UpstreamAuthError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -225,7 +236,14 @@ class UpstreamProvider(Provider):
         message = (
             _str(error.get("message")) or text.strip()[:500] or f"The upstream server answered {status}."
         )
-        exc = UpstreamStatusError(status, message, body=body if isinstance(body, dict) else None)
+        if status in (401, 403):
+            return UpstreamAuthError(status, message)
+        exc = UpstreamStatusError(
+            status,
+            message,
+            body=body if isinstance(body, dict) else None,
+            retry_after=_retry_after(response.headers),
+        )
         if status == 429:
             exc.type = "rate_limit_error"
         elif not exc.retryable:
@@ -349,9 +367,30 @@ def _event_error(error: Any, redact: Callable[[str], str]) -> UpstreamError:
     obj = error if isinstance(error, dict) else {"message": str(error)}
     message = redact(_str(obj.get("message")) or "The upstream server reported an error.")
     code = obj.get("code")
+    if code in (401, 403):
+        return UpstreamAuthError(code, message)
     if isinstance(code, int) and 400 <= code < 500 and code != 429:
         return UpstreamStatusError(code, message)
     return UpstreamError(message)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """The upstream's ``Retry-After`` in seconds (delta-seconds or an HTTP date; OpenAI's ``-ms`` form first)."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _error_object(body: Any) -> dict[str, Any]:
