@@ -375,7 +375,7 @@ def _event_error(error: Any, redact: Callable[[str], str]) -> UpstreamError:
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    """The upstream's ``Retry-After`` in seconds (delta-seconds or an HTTP date; OpenAI's ``-ms`` form first)."""
+    """The upstream's ``Retry-After`` in seconds (delta-seconds or an HTTP date; OpenAI's ``-ms`` first)."""
     try:
         if (ms := headers.get("retry-after-ms")) is not None:
             return max(0.0, float(ms) / 1000)
