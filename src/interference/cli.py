@@ -81,6 +81,32 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many local models (docs/models.md)")
+    g.add_argument("--models-dir", metavar="DIR", help="serve every *.gguf in DIR under its file name")
+    g.add_argument(
+        "--memory-budget",
+        type=int,
+        metavar="MIB",
+        help="local models loaded at once fit in this many MiB; idle ones unload, least recently used first",
+    )
+    g.add_argument(
+        "--model-ttl", type=float, metavar="SECONDS", help="unload a model idle this long (default: 0, never)"
+    )
+    g.add_argument(
+        "--load-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a request waits for its model to load (default: 120)",
+    )
+    g.add_argument(
+        "--lazy",
+        action="store_const",
+        const=True,
+        help="load the default model on its first request, not at start-up",
+    )
+
+
 def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
     p.add_argument(
@@ -117,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     _common_flags(serve)
     _engine_flags(serve)
+    _model_flags(serve)
 
     models = sub.add_parser("models", help="list the models (and aliases) that serve would offer")
     _common_flags(models)
     _engine_flags(models)
+    _model_flags(models)
 
     chat = sub.add_parser("chat", help="chat with a running server from the terminal")
     chat.add_argument("prompt", nargs="?", help="one prompt (omit for an interactive session)")
@@ -145,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
     "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model",
+    "embedding_model", "models_dir", "memory_budget", "model_ttl", "load_timeout", "lazy",
 )  # fmt: skip
 
 

@@ -96,6 +96,9 @@ class ModelEntry(_Frozen):
     routing: Literal["round_robin", "least_outstanding"] = "round_robin"
     cooldown: Annotated[float, Field(ge=0)] = 30.0
     deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
+    # Local deployments only: unload after this many idle seconds (None: model_ttl), never unload if pinned.
+    ttl: Annotated[float, Field(ge=0)] | None = None
+    pin: bool = False
 
 
 class Settings(EngineOptions):
@@ -113,6 +116,12 @@ class Settings(EngineOptions):
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
     embeddings: bool = True
     embedding_model: str | None = None
+    # Many local models under one memory budget (docs/models.md).
+    models_dir: str | None = None
+    memory_budget: Annotated[int, Field(ge=1)] | None = None  # MiB
+    model_ttl: Annotated[float, Field(ge=0)] = 0.0  # seconds idle before unloading; 0: never
+    load_timeout: Annotated[float, Field(gt=0)] = 120.0
+    lazy: bool = False
 
     @property
     def engine_options(self) -> EngineOptions:
@@ -139,6 +148,11 @@ _ENV_KEYS = {
     "LOG_LEVEL": "log_level",
     "EMBEDDINGS": "embeddings",
     "EMBEDDING_MODEL": "embedding_model",
+    "MODELS_DIR": "models_dir",
+    "MEMORY_BUDGET": "memory_budget",
+    "MODEL_TTL": "model_ttl",
+    "LOAD_TIMEOUT": "load_timeout",
+    "LAZY": "lazy",
 }
 _LIST_KEYS = {"aliases", "api_keys"}
 

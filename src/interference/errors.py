@@ -13,6 +13,8 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     ├── Overloaded (429, Retry-After)
     ├── RequestTimedOut (504)
     ├── ServiceUnavailable (503)
+    │   ├── InsufficientMemory (code insufficient_memory: a model does not fit the memory budget)
+    │   └── ModelLoadTimeout (code model_load_timeout)
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
@@ -27,8 +29,10 @@ __all__ = [
     "AuthenticationFailed",
     "ContextLengthExceeded",
     "EngineFailure",
+    "InsufficientMemory",
     "InterferenceError",
     "InvalidRequest",
+    "ModelLoadTimeout",
     "ModelNotFound",
     "NotFound",
     "Overloaded",
@@ -120,6 +124,16 @@ class ServiceUnavailable(InterferenceError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class InsufficientMemory(ServiceUnavailable):
+    """A local model does not fit the memory budget, alone or beside the models busy now."""
+
+    code = "insufficient_memory"
+
+
+class ModelLoadTimeout(ServiceUnavailable):
+    code = "model_load_timeout"
 
 
 class UpstreamError(InterferenceError):

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
+from .errors import InterferenceError, InvalidRequest, ModelNotFound, Overloaded, UpstreamError
 from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard
 from .providers.base import Delta, Embeddings, Provider, aclose_stream
 
@@ -119,13 +119,29 @@ class Route:
 class Router:
     """Resolves names and opens delta streams with failover."""
 
-    def __init__(self, routes: list[Route], *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._routes = routes
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        discover: Callable[[], list[Route]] | None = None,
+    ) -> None:
+        self._routes: list[Route] = []
         self._by_name: dict[str, Route] = {}
+        self._add(routes)
+        self._clock = clock
+        self._discover = discover
+
+    def _add(self, routes: list[Route]) -> None:
         for route in routes:
+            self._routes.append(route)
             for name in (route.name, *route.aliases):
                 self._by_name.setdefault(name, route)
-        self._clock = clock
+
+    def refresh(self) -> None:
+        """Add the routes that appeared since (a GGUF dropped into the models dir)."""
+        if self._discover is not None:
+            self._add(self._discover())
 
     @property
     def routes(self) -> list[Route]:
@@ -142,21 +158,56 @@ class Router:
     def resolve(self, name: str) -> Route:
         route = self._by_name.get(name)
         if route is None:
+            self.refresh()
+            route = self._by_name.get(name)
+        if route is None:
             raise ModelNotFound(name)
         return route
 
+    def _card(self, name: str, route: Route) -> ModelCard:
+        # A route's card shows its first deployment that loads on demand, else its first deployment.
+        providers = [d.provider for d in route.deployments]
+        provider = next((p for p in providers if p.can_load), providers[0])
+        state = provider.model_state()
+        return ModelCard(
+            id=name,
+            created=route.created,
+            status=state.status,
+            context_length=state.context_length,
+            size_mb=state.size_mb,
+            memory_mb=state.memory_mb,
+        )
+
     def cards(self) -> list[ModelCard]:
+        self.refresh()
         cards: list[ModelCard] = []
         for route in self._routes:
-            cards.append(ModelCard(id=route.name, created=route.created))
-            cards.extend(
-                ModelCard(id=a, created=route.created) for a in route.aliases if self._by_name[a] is route
-            )
+            cards.append(self._card(route.name, route))
+            cards.extend(self._card(a, route) for a in route.aliases if self._by_name[a] is route)
         return cards
 
     def card(self, name: str) -> ModelCard:
-        route = self.resolve(name)
-        return ModelCard(id=name, created=route.created)
+        return self._card(name, self.resolve(name))
+
+    def _loadable(self, name: str) -> list[Provider]:
+        providers = [d.provider for d in self.resolve(name).deployments if d.provider.can_load]
+        if not providers:
+            raise InvalidRequest(
+                f"The model '{name}' is not a local model: it cannot be loaded or unloaded.", param="model"
+            )
+        return providers
+
+    async def load(self, name: str) -> ModelCard:
+        """Load every local deployment of a model; answers once they are loaded."""
+        for provider in self._loadable(name):
+            await provider.load()
+        return self.card(name)
+
+    async def unload(self, name: str) -> ModelCard:
+        """Unload every local deployment of a model once its requests in flight are done."""
+        for provider in self._loadable(name):
+            await provider.unload()
+        return self.card(name)
 
     def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Delta]:
         return self._open(request, lambda p, m: p.chat(request, model=m))

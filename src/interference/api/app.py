@@ -25,10 +25,11 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings, *, routes: list[Route] | None = None) -> FastAPI:
     """Build the app; loads local models now (so start-up errors surface before serving)."""
     if routes is None:
-        from ..providers.factory import build_routes
+        from ..providers.factory import build_router
 
-        routes = build_routes(settings)
-    router = Router(routes)
+        router = build_router(settings)
+    else:
+        router = Router(routes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

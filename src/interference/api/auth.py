@@ -13,7 +13,7 @@ from .errors import error_response
 __all__ = ["ApiKeyMiddleware"]
 
 # Paths any caller may reach: probes and metrics scrapers carry no key.
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 def _digest(key: str) -> bytes:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..providers.base import LOAD_SECONDS_BUCKETS
 from ..router import Router
 
 __all__ = ["Metrics", "MetricsMiddleware"]
@@ -63,6 +65,40 @@ class _EngineCollector(Collector):
         yield from (active, total, waiting, *counters.values())
 
 
+class _LifecycleCollector(Collector):
+    """Loads, unloads and evictions of the models that load on demand."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model"]
+        loaded = GaugeMetricFamily("interference_models_loaded", "Local models in memory", labels=labels)
+        loads = CounterMetricFamily("interference_model_loads", "Model loads", labels=labels)
+        unloads = CounterMetricFamily("interference_model_unloads", "Model unloads", labels=labels)
+        evictions = CounterMetricFamily(
+            "interference_model_evictions", "Unloads to make room in the memory budget", labels=labels
+        )
+        seconds = HistogramMetricFamily(
+            "interference_model_load_seconds", "Time to load a model", labels=labels
+        )
+        for provider in self._router.providers:
+            life = provider.lifecycle()
+            if life is None:
+                continue
+            name = [provider.name]
+            loaded.add_metric(name, 1.0 if life.is_loaded else 0.0)
+            loads.add_metric(name, float(life.loads))
+            unloads.add_metric(name, float(life.unloads))
+            evictions.add_metric(name, float(life.evictions))
+            bounds = [*(str(b) for b in LOAD_SECONDS_BUCKETS), "+Inf"]
+            cumulative = list(itertools.accumulate(life.load_seconds_buckets))
+            seconds.add_metric(
+                name, [(b, float(c)) for b, c in zip(bounds, cumulative, strict=True)], life.load_seconds_sum
+            )
+        yield from (loaded, loads, unloads, evictions, seconds)
+
+
 class Metrics:
     """One registry per app (no global state)."""
 
@@ -79,6 +115,7 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.registry.register(_EngineCollector(router))
+        self.registry.register(_LifecycleCollector(router))
 
     def render(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)

@@ -6,13 +6,21 @@ without ``/v1``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ResponseRequest
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    ResponseRequest,
+)
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .state import AppState
@@ -36,6 +44,10 @@ async def _parse(request: Request, model: type[M]) -> M:
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.interference
     return state
+
+
+async def _card(work: Awaitable[ModelCard]) -> Response:
+    return JSONResponse((await work).model_dump())
 
 
 @api_router.post("/chat/completions")
@@ -67,6 +79,16 @@ async def list_models(request: Request) -> Response:
     return JSONResponse(ModelList(data=_state(request).router.cards()).model_dump())
 
 
+@api_router.post("/models/{model_id:path}/load")
+async def load_model(request: Request, model_id: str) -> Response:
+    return await with_cancellation(request, _card(_state(request).router.load(model_id)))
+
+
+@api_router.post("/models/{model_id:path}/unload")
+async def unload_model(request: Request, model_id: str) -> Response:
+    return await with_cancellation(request, _card(_state(request).router.unload(model_id)))
+
+
 @api_router.get("/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
     return JSONResponse(_state(request).router.card(model_id).model_dump())
@@ -74,6 +96,17 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 @health_router.get("/health")
 async def health(request: Request) -> Response:
-    state = _state(request)
-    healthy = all(p.is_healthy() for p in state.router.providers)
+    """Liveness: 200 while the process can serve; 503 once an engine thread died (restart it)."""
+    healthy = all(p.is_healthy() for p in _state(request).router.providers)
     return JSONResponse({"status": "ok" if healthy else "degraded"}, status_code=200 if healthy else 503)
+
+
+@health_router.get("/ready")
+async def ready(request: Request) -> Response:
+    """Readiness: 200 once the models loaded at start-up are loaded, and while nothing has failed."""
+    providers = _state(request).router.providers
+    if not all(p.is_healthy() for p in providers):
+        return JSONResponse({"status": "degraded"}, status_code=503)
+    if not all(p.is_ready() for p in providers):
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ok"})

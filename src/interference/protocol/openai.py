@@ -343,6 +343,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "interference"
+    # Extras: whether the model is in memory, and for local models what it costs.
+    status: Literal["loaded", "loading", "unloaded"] = "loaded"
+    context_length: int | None = None
+    size_mb: float | None = None
+    memory_mb: int | None = None
 
 
 class ModelList(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +13,20 @@ import numpy.typing as npt
 from ..errors import InvalidRequest
 from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
-__all__ = ["Delta", "Embeddings", "Provider", "ProviderStats", "TokenUsage", "aclose_stream"]
+__all__ = [
+    "LOAD_SECONDS_BUCKETS",
+    "Delta",
+    "Embeddings",
+    "LifecycleStats",
+    "ModelState",
+    "Provider",
+    "ProviderStats",
+    "TokenUsage",
+    "aclose_stream",
+]
+
+# Upper bounds of the model load time histogram, in seconds.
+LOAD_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,28 @@ class ProviderStats:
     decode_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """What a model card tells about a backend's model: whether it is in memory, and what it costs."""
+
+    status: Literal["loaded", "loading", "unloaded"] = "loaded"
+    context_length: int | None = None
+    size_mb: float | None = None  # the GGUF's size
+    memory_mb: int | None = None  # the estimated resident cost counted against the memory budget
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleStats:
+    """Loads and unloads of a backend that loads its model on demand, for the metrics endpoint."""
+
+    is_loaded: bool
+    loads: int
+    unloads: int
+    evictions: int
+    load_seconds_sum: float
+    load_seconds_buckets: tuple[int, ...]  # non-cumulative counts per LOAD_SECONDS_BUCKETS bound, then +Inf
+
+
 class Provider(abc.ABC):
     """A backend that can serve completions for the model ids it was configured with.
 
@@ -96,6 +131,28 @@ class Provider(abc.ABC):
     def stats(self) -> ProviderStats | None:
         """Load and counters of a backend that schedules its own work (a local engine); else None."""
         return None
+
+    def is_ready(self) -> bool:
+        """Whether what had to be ready at start-up (a model loading in the background) is ready."""
+        return True
+
+    def model_state(self) -> ModelState:
+        return ModelState()
+
+    def lifecycle(self) -> LifecycleStats | None:
+        """Loads and unloads of a backend that loads on demand; None for the others."""
+        return None
+
+    @property
+    def can_load(self) -> bool:
+        """Whether ``load`` and ``unload`` do anything: a backend whose model comes and goes."""
+        return False
+
+    async def load(self) -> None:  # noqa: B027 - optional hook
+        """Load the model now; returns when it is loaded."""
+
+    async def unload(self) -> None:  # noqa: B027 - optional hook
+        """Unload the model once its requests in flight are done."""
 
 
 async def aclose_stream(stream: AsyncIterator[Delta]) -> None:

@@ -7,41 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import EngineOptions, LocalDeployment, OpenAIDeployment, Settings
-from ..engine import Engine, EngineConfig, embedded_model_path, model_id_for
+from ..config import EngineOptions, LocalDeployment, ModelEntry, OpenAIDeployment, Settings
+from ..engine import ModelLoadError, embedded_model_path, model_id_for
 from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
-from ..router import Deployment, Route
+from ..router import Deployment, Route, Router
 from .base import Provider
-from .local import LocalProvider
 from .local_embeddings import EMBEDDING_ALIASES, embedding_provider
+from .managed import ManagedLocalProvider
+from .model_pool import ModelPool
 
 if TYPE_CHECKING:
     from .upstream import UpstreamPool
 
-__all__ = ["build_routes", "load_engine"]
+__all__ = ["build_router", "build_routes"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_engine(path: str | None, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
-    """Load a GGUF (the embedded model when ``path`` is None); raises ``ModelLoadError``."""
-    gguf = Path(path).expanduser() if path else embedded_model_path()
-    repack = choose_repack(options.repack, cpu)
-    engine = Engine(
-        EngineConfig(
-            path=gguf,
-            ctx_size=options.ctx_size,
-            threads=options.threads,
-            parallel=options.parallel,
-            batch_size=options.batch_size,
-            max_queue=options.max_queue,
-            cache_type=options.cache_type,
-            request_timeout=options.request_timeout,
-            repack=repack.enabled,
-        )
-    )
-    logger.info("loaded %s; weight repacking %s", engine.describe(), repack.reason)
-    return engine
 
 
 @dataclass(slots=True)
@@ -49,17 +29,49 @@ class _Shared:
     """What deployments share: one engine per GGUF, one HTTP client pool for every upstream."""
 
     cpu: CpuInfo
-    engines: dict[str, Provider] = field(default_factory=dict)
+    models: ModelPool
+    settings: Settings
+    engines: dict[Path, ManagedLocalProvider] = field(default_factory=dict)
     pool: UpstreamPool | None = None
+    # Files of the models dir that could not be read, by (path, mtime): not probed again until they change.
+    unreadable: set[tuple[Path, float]] = field(default_factory=set)
 
 
-def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -> Provider:
+def _local(
+    path: Path,
+    options: EngineOptions,
+    shared: _Shared,
+    *,
+    entry: ModelEntry | None = None,
+    preload: bool = False,
+) -> ManagedLocalProvider:
+    path = path.expanduser().resolve()
+    provider = shared.engines.get(path)
+    if provider is None:
+        ttl = shared.settings.model_ttl
+        if entry is not None and entry.ttl is not None:
+            ttl = entry.ttl
+        provider = ManagedLocalProvider(
+            model_id=model_id_for(path),
+            path=path,
+            options=options,
+            pool=shared.models,
+            cpu=shared.cpu,
+            pin=entry.pin if entry is not None else False,
+            ttl=ttl,
+            preload=preload,
+        )
+        shared.engines[path] = provider
+    else:  # one GGUF behind several names: pinned or loaded at start-up if any of them asks
+        provider.pin = provider.pin or (entry is not None and entry.pin)
+        provider.preload = provider.preload or preload
+    return provider
+
+
+def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared, entry: ModelEntry) -> Provider:
     if isinstance(deployment, LocalDeployment):
-        key = str(deployment.path)
-        if key not in shared.engines:
-            engine = load_engine(deployment.path, deployment, cpu=shared.cpu)
-            shared.engines[key] = LocalProvider(engine, name=f"local:{model_id_for(engine.info.path)}")
-        return shared.engines[key]
+        path = Path(deployment.path) if deployment.path else embedded_model_path()
+        return _local(path, deployment, shared, entry=entry)
     from .upstream import UpstreamPool, UpstreamProvider  # only gateway configs need httpx machinery
 
     if shared.pool is None:
@@ -67,14 +79,57 @@ def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -
     return UpstreamProvider(deployment, pool=shared.pool)
 
 
+def _scan_models_dir(shared: _Shared, known: set[str]) -> list[Route]:
+    """Routes for ``*.gguf`` files in the models dir that no route serves yet."""
+    directory = shared.settings.models_dir
+    if directory is None:
+        return []
+    routes: list[Route] = []
+    try:
+        files = sorted(Path(directory).expanduser().glob("*.gguf"))
+    except OSError as exc:
+        logger.warning("cannot list the models dir %s: %s", directory, exc)
+        return []
+    for path in files:
+        name = model_id_for(path)
+        if name in known or not path.is_file():
+            continue
+        try:
+            stamp = (path.resolve(), path.stat().st_mtime)
+        except OSError:
+            continue
+        if stamp in shared.unreadable:
+            continue
+        try:
+            provider = _local(path, shared.settings.engine_options, shared)
+        except ModelLoadError as exc:
+            shared.unreadable.add(stamp)
+            logger.warning("skipping %s in the models dir: %s", path.name, exc)
+            continue
+        known.add(name)
+        routes.append(Route(name=name, deployments=[Deployment(provider, name)]))
+    if routes:
+        shared.models.ensure_sweeping()
+    return routes
+
+
 def build_routes(settings: Settings) -> list[Route]:
-    """Configured models first (they win alias clashes), then the default local model."""
-    shared = _Shared(cpu=read_cpu_info())  # read once: every engine decides on repacking from it
+    """The routes a ``Settings`` describes (``build_router`` also picks up files added to the models dir)."""
+    return build_router(settings).routes
+
+
+def build_router(settings: Settings) -> Router:
+    """Configured models first (they win alias clashes), then the default local model, then the models dir."""
+    shared = _Shared(
+        cpu=read_cpu_info(),  # read once: every engine decides on repacking from it
+        models=ModelPool(budget_mib=settings.memory_budget, load_timeout=settings.load_timeout),
+        settings=settings,
+    )
     routes: list[Route] = []
     for entry in settings.models:
         deployments = []
         for d in entry.deployments:
-            provider = _provider(d, shared)
+            provider = _provider(d, shared, entry)
             upstream_name = d.model if isinstance(d, OpenAIDeployment) and d.model else entry.name
             deployments.append(Deployment(provider=provider, model=upstream_name, weight=d.weight))
         routes.append(
@@ -86,13 +141,14 @@ def build_routes(settings: Settings) -> list[Route]:
                 cooldown=entry.cooldown,
             )
         )
-    default = LocalDeployment(path=settings.model, **settings.engine_options.model_dump())
-    provider = _provider(default, shared)
-    assert isinstance(provider, LocalProvider)
-    name = settings.model_name or model_id_for(provider.engine.info.path)
+    path = Path(settings.model) if settings.model else embedded_model_path()
+    provider = _local(path, settings.engine_options, shared, preload=not settings.lazy)
+    name = settings.model_name or model_id_for(path)
     routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
         deployment = Deployment(embedder, embedder.model_name)
         routes.append(Route(name=embedder.model_name, deployments=[deployment], aliases=EMBEDDING_ALIASES))
-    return routes
+    known = {n for r in routes for n in (r.name, *r.aliases)}
+    routes.extend(_scan_models_dir(shared, known))
+    return Router(routes, discover=lambda: _scan_models_dir(shared, known))

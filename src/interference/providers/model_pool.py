@@ -1,0 +1,149 @@
+"""Local models under one memory budget: who may load, who is evicted to make room, who idles out.
+
+The pool keeps no engines itself; each ``ManagedLocalProvider`` owns its own and asks the pool for
+room before it loads. Every decision runs on the event loop under one ``asyncio.Condition``, so the
+book-keeping needs no other lock; only the loads and unloads themselves run in worker threads.
+
+- A model counts against the budget from the moment it starts loading until its unload has finished.
+- To make room, idle (no request in flight), unpinned, loaded models are unloaded, least recently
+  used first. A model that cannot fit even alone fails at once (``InsufficientMemory``); one that
+  could fit once a busy model goes idle waits for that, until its deadline.
+- Idle models unload after their TTL; the sweep runs every ``TTL_SWEEP`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import InsufficientMemory
+
+if TYPE_CHECKING:
+    from .managed import ManagedLocalProvider
+
+__all__ = ["TTL_SWEEP", "ModelPool"]
+
+logger = logging.getLogger(__name__)
+
+TTL_SWEEP = 0.5  # seconds between idle checks: an idle model unloads within its TTL plus this
+
+
+class ModelPool:
+    """The managed local models of one app and the memory budget they share."""
+
+    def __init__(
+        self,
+        *,
+        budget_mib: int | None,
+        load_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget_mib = budget_mib
+        self.load_timeout = load_timeout
+        self.clock = clock
+        self.members: list[ManagedLocalProvider] = []
+        self._changed: asyncio.Condition | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._is_started = False
+
+    @property
+    def changed(self) -> asyncio.Condition:
+        """Notified whenever a model's state or its count of requests in flight changes."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def register(self, member: ManagedLocalProvider) -> None:
+        self.members.append(member)
+
+    def start(self) -> None:
+        self._is_started = True
+        if self._sweeper is None and any(m.ttl > 0 for m in self.members):
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    def ensure_sweeping(self) -> None:
+        """Start the idle sweep when a model joins after start-up (a new file in the models dir)."""
+        if self._is_started:
+            self.start()
+
+    async def aclose(self) -> None:
+        self._is_started = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def used_mib(self) -> int:
+        """Estimated MiB of every model loaded, loading or unloading."""
+        return sum(m.memory_mib for m in self.members if m.holds_memory)
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def reserve(self, member: ManagedLocalProvider, deadline: float) -> None:
+        """Make room for ``member`` (evicting idle models), then count it as loading.
+
+        Raises ``InsufficientMemory`` when it cannot fit, alone or by ``deadline``.
+        """
+        budget = self.budget_mib
+        need = member.memory_mib
+        if budget is not None and need > budget:
+            raise InsufficientMemory(
+                f"The model '{member.model_id}' needs about {need} MiB, more than the memory budget of "
+                f"{budget} MiB (--memory-budget) allows even alone."
+            )
+        async with self.changed:
+            while True:
+                if budget is None or self.used_mib() + need <= budget:
+                    member.mark_loading()
+                    self.changed.notify_all()
+                    return
+                victims = self._victims(need, budget)
+                if victims:
+                    for victim in victims:
+                        victim.mark_unloading()
+                    self.changed.release()
+                    try:
+                        await asyncio.gather(*(v.finish_unload(reason="evicted") for v in victims))
+                    finally:
+                        await self.changed.acquire()
+                    continue
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    busy = ", ".join(m.model_id for m in self.members if m.holds_memory) or "none"
+                    raise InsufficientMemory(
+                        f"The model '{member.model_id}' (about {need} MiB) does not fit the memory budget of "
+                        f"{budget} MiB (--memory-budget) beside the models in use ({busy}), and none became "
+                        "idle in time. Retry later."
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+
+    def _victims(self, need: int, budget: int) -> list[ManagedLocalProvider]:
+        """Idle, unpinned loaded models, least recently used first, enough to fit ``need``; else none."""
+        idle = sorted((m for m in self.members if m.is_evictable), key=lambda m: m.last_used)
+        free = budget - self.used_mib()
+        chosen: list[ManagedLocalProvider] = []
+        for m in idle:
+            if free >= need:
+                break
+            chosen.append(m)
+            free += m.memory_mib
+        return chosen if free >= need else []
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(TTL_SWEEP)
+            now = self.clock()
+            for m in list(self.members):
+                if m.ttl > 0 and m.is_evictable and now - m.last_used >= m.ttl:
+                    try:
+                        await m.unload_idle(reason="ttl")
+                    except Exception:  # one failed unload must not stop the sweep for the others
+                        logger.exception("unloading %s after its idle TTL failed", m.model_id)
