@@ -29,6 +29,7 @@ from interference.config import load_settings
 from interference.engine.handle import HandleState, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from interference.engine.types import EngineRequest
 from interference.providers.local import LocalProvider
+from interference.providers.managed import ManagedLocalProvider
 
 NO_EOS = {"0": -100, "2": -100}
 
@@ -44,17 +45,17 @@ class InProcessServer:
 def inproc() -> Iterator[InProcessServer]:
     settings = load_settings({"parallel": 1, "embeddings": False, "threads": 2}, env={})
     app = create_app(settings)
-    provider = next(p for p in app.state.interference.router.providers if isinstance(p, LocalProvider))
+    managed = next(p for p in app.state.interference.router.providers if isinstance(p, ManagedLocalProvider))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started:
+    while not server.started or managed.local is None:  # the default model loads after start-up
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     try:
-        yield InProcessServer(f"http://127.0.0.1:{port}", server, provider)
+        yield InProcessServer(f"http://127.0.0.1:{port}", server, managed.local)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -111,6 +112,7 @@ def test_a_dead_engine_fails_its_requests_and_turns_health_to_503(
 
         health = http.get("/health")
         assert health.status_code == 503
+        assert http.get("/ready").status_code == 503
         refused = http.post("/v1/chat/completions", json=_body(max_tokens=4))
         assert refused.status_code == 503
         assert set(refused.json()["error"]) == {"message", "type", "param", "code"}

@@ -22,7 +22,7 @@ from ..engine.chat_template import ChatTemplate, TemplateError
 from ..engine.cpu import CpuInfo, choose_repack
 from ..engine.engine import DEFAULT_CTX_PER_SLOT
 from ..engine.footprint import MIB, estimate_footprint, probe_gguf
-from ..errors import ModelLoadTimeout, ServiceUnavailable
+from ..errors import InsufficientMemory, ModelLoadTimeout, ServiceUnavailable
 from ..protocol import ChatCompletionRequest, CompletionRequest
 from .base import (
     LOAD_SECONDS_BUCKETS,
@@ -121,6 +121,7 @@ class ManagedLocalProvider(Provider):
         self._load_task: asyncio.Task[None] | None = None
         self._preload_task: asyncio.Task[None] | None = None
         self._loaded_once = False
+        self._is_waiting_for_room = False
         self._startup_failure: str | None = None
         self._loads = self._unloads = self._evictions = 0
         self._load_seconds_sum = 0.0
@@ -241,6 +242,12 @@ class ManagedLocalProvider(Provider):
                     self._load_task.add_done_callback(_retrieve)
                 await asyncio.wait_for(asyncio.shield(self._load_task), timeout=max(remaining, 0.0))
             except TimeoutError:
+                if self._is_waiting_for_room:
+                    raise InsufficientMemory(
+                        f"The model '{self.model_id}' (about {self.memory_mib} MiB) does not fit the memory "
+                        f"budget of {self._pool.budget_mib} MiB (--memory-budget) beside the models in use, "
+                        f"and none became idle within {timeout:g} s (--load-timeout). Retry later."
+                    ) from None
                 raise ModelLoadTimeout(
                     f"The model '{self.model_id}' did not load within {timeout:g} s (--load-timeout). "
                     "Retry shortly."
@@ -248,7 +255,11 @@ class ManagedLocalProvider(Provider):
 
     async def _load(self, deadline: float) -> None:
         try:
-            await self._pool.reserve(self, deadline)
+            self._is_waiting_for_room = True
+            try:
+                await self._pool.reserve(self, deadline)
+            finally:
+                self._is_waiting_for_room = False
             started = self._pool.clock()
             try:
                 engine = await asyncio.to_thread(load_engine, self.path, self._options, cpu=self._cpu)
