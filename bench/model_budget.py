@@ -1,0 +1,148 @@
+"""Memory honesty under ``--memory-budget``: switching between three models that together exceed it.
+
+Three GGUFs sit in a models dir: the embedded Q4_1 model, its Q8_0 and Q4_0 requantizations (made once
+and cached). One server serves them with ``--lazy`` and a budget that holds two of them but not three.
+The script measures the server's resident memory (VmRSS) with nothing loaded (the base overhead), then
+sends one short chat request to each model in turn, 20 switches, reading the RSS after each; then it
+unloads a model and reads the RSS again. Prints one JSON object: every RSS, the largest against
+budget + base (the ratio must stay <= 1), evictions from /metrics, and what an unload gave back.
+
+Usage::
+
+    python bench/model_budget.py [--switches 20] [--parallel 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import embedded_gguf, exit_on_sigterm, free_port, ratio, rounded, start_server, stop_server
+from _system import machine_info, rss_mb
+
+CACHE = Path(tempfile.gettempdir()) / "interference-bench-models"
+
+
+def requantized(source: Path, kind: str) -> Path:
+    """The embedded model requantized to ``kind`` (Q8_0 or Q4_0), once; cached."""
+    import llama_cpp.llama_cpp as C
+
+    target = CACHE / source.name.replace("Q4_1", kind)
+    if target.exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    params = C.llama_model_quantize_default_params()
+    params.ftype = {"Q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0}[kind]
+    params.allow_requantize = True
+    params.nthread = 2
+    tmp = target.with_suffix(".tmp")
+    if C.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+        raise RuntimeError(f"llama_model_quantize to {kind} failed")
+    tmp.rename(target)
+    return target
+
+
+def chat(client: httpx.Client, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
+    reply = client.post("/v1/chat/completions", json=body)
+    reply.raise_for_status()
+
+
+def cards(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--switches", type=int, default=20)
+    parser.add_argument("--parallel", type=int, default=1)
+    args = parser.parse_args()
+    exit_on_sigterm()
+
+    source = embedded_gguf()
+    models_dir = Path(tempfile.mkdtemp(prefix="interference-budget-"))
+    files = [source, requantized(source, "Q8_0"), requantized(source, "Q4_0")]
+    names = []
+    for f in files:
+        shutil.copyfile(f, models_dir / f.name)
+        names.append(f.name.removesuffix(".gguf"))
+
+    # First a server without a budget, only to read the estimates it would use.
+    port = free_port()
+    common = ["--models-dir", str(models_dir), "--lazy", "--no-embeddings", "--parallel", str(args.parallel)]
+    cmd = [sys.executable, "-m", "interference", "serve", "--port", str(port), "--threads", "2", *common]
+    probe = start_server("probe", cmd, port)
+    with httpx.Client(base_url=probe.base_url, timeout=120) as client:
+        estimates = {n: int(cards(client)[n]["memory_mb"]) for n in names}
+    stop_server(probe)
+    ordered = sorted(estimates.values())
+    budget = ordered[1] + ordered[2]  # the two largest fit, all three do not
+    assert budget < sum(ordered)
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "interference", "serve", "--port", str(port), "--threads", "2", *common,
+        "--memory-budget", str(budget),
+    ]  # fmt: skip
+    srv = start_server("budget", cmd, port)
+    result: dict[str, Any] = {"machine": machine_info(), "budget_mib": budget, "estimates_mib": estimates}
+    try:
+        with httpx.Client(base_url=srv.base_url, timeout=300) as client:
+            cards(client)
+            time.sleep(1.0)
+            base = rss_mb(srv.proc.pid)
+            rss: list[float] = []
+            sequence = [names[i % len(names)] for i in range(args.switches)]
+            for name in sequence:
+                chat(client, name)
+                rss.append(rss_mb(srv.proc.pid))
+            loaded = [n for n, c in cards(client).items() if n in names and c["status"] == "loaded"]
+            before_unload = rss_mb(srv.proc.pid)
+            client.post(f"/v1/models/{loaded[0]}/unload").raise_for_status()
+            after_unload = rss_mb(srv.proc.pid)
+            result.update(
+                {
+                    "base_overhead_mib": base,
+                    "switches": sequence,
+                    "rss_mib_after_each_switch": rss,
+                    "max_rss_mib": max(rss),
+                    "limit_mib (budget + base)": budget + base,
+                    "max_rss / limit": ratio(max(rss), budget + base),
+                    "all_within_limit": all(r <= budget + base for r in rss),
+                    "evictions": metric(client, "interference_model_evictions_total"),
+                    "loads": metric(client, "interference_model_loads_total"),
+                    "unloaded": loaded[0],
+                    "rss_mib_before_unload": before_unload,
+                    "rss_mib_after_unload": after_unload,
+                    "unload_gave_back_mib": before_unload - after_unload,
+                    "unload_gave_back / estimate": ratio(before_unload - after_unload, estimates[loaded[0]]),
+                }
+            )
+    finally:
+        stop_server(srv)
+        shutil.rmtree(models_dir, ignore_errors=True)
+    print(json.dumps(rounded(result, 3), indent=2))
+
+
+if __name__ == "__main__":
+    main()
