@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import RunningServer, free_port, running_server, serve_command
+from interference.config import ConfigError, load_settings
 from interference.engine import embedded_model_path
 from interference.engine._llama import quiet_llama_logs
 from interference.engine.footprint import estimate_footprint, probe_gguf
@@ -272,3 +273,30 @@ def test_ready_answers_503_until_the_start_up_model_is_loaded(tmp_path: Path) ->
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_the_model_settings_come_from_flags_env_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'models_dir = "/srv/models"\nmodel_ttl = 30\n'
+        '[[models]]\nname = "x"\nttl = 5\npin = true\n[[models.deployments]]\ntype = "local"\n'
+    )
+    env = {"INTERFERENCE_MEMORY_BUDGET": "4096", "INTERFERENCE_MODEL_TTL": "60", "INTERFERENCE_LAZY": "1"}
+    settings = load_settings({"load_timeout": 7.5}, env=env, config_file=config)
+    assert settings.models_dir == "/srv/models" and settings.memory_budget == 4096
+    assert settings.model_ttl == 60 and settings.lazy and settings.load_timeout == 7.5  # env beats file
+    assert settings.models[0].ttl == 5 and settings.models[0].pin
+    with pytest.raises(ConfigError, match="memory_budget"):
+        load_settings({}, env={"INTERFERENCE_MEMORY_BUDGET": "0"})
+
+
+def test_a_start_up_model_larger_than_the_budget_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        serve_command("--port", str(free_port()), "--no-embeddings", "--memory-budget", "64"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("interference: error:")]
+    assert len(errors) == 1 and "64 MiB" in errors[0], done.stderr

@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -286,8 +287,6 @@ def _models(args: argparse.Namespace) -> int:
         aliases = f"  aliases: {', '.join(entry.aliases)}" if entry.aliases else ""
         print(f"{entry.name}  ->  {targets}{aliases}")
     try:
-        from pathlib import Path
-
         path = Path(settings.model) if settings.model else embedded_model_path()
     except ModelLoadError as exc:
         return _fail(str(exc))
@@ -297,6 +296,11 @@ def _models(args: argparse.Namespace) -> int:
     free = [a for a in settings.aliases if a not in claimed]
     aliases = f"  aliases: {', '.join(free)}" if free else ""
     print(f"{name}  ->  local {path}{aliases}")
+    if settings.models_dir:
+        taken = claimed | {name, *free}
+        for gguf in sorted(Path(settings.models_dir).expanduser().glob("*.gguf")):
+            if model_id_for(gguf) not in taken:
+                print(f"{model_id_for(gguf)}  ->  local {gguf} (models dir)")
     if settings.embeddings:
         from .engine.embedding_source import EmbeddingSource
         from .providers.local_embeddings import EMBEDDING_ALIASES

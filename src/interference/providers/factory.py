@@ -144,6 +144,12 @@ def build_router(settings: Settings) -> Router:
     path = Path(settings.model) if settings.model else embedded_model_path()
     provider = _local(path, settings.engine_options, shared, preload=not settings.lazy)
     name = settings.model_name or model_id_for(path)
+    budget = settings.memory_budget
+    if provider.preload and budget is not None and provider.memory_mib > budget:
+        raise ModelLoadError(
+            f"{path} needs about {provider.memory_mib} MiB with these options, more than the memory budget "
+            f"of {budget} MiB (--memory-budget); raise it, lower --parallel or --ctx-size, or pass --lazy"
+        )
     routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
