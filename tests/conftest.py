@@ -65,7 +65,8 @@ def serve_command(*args: str) -> list[str]:
 def running_server(
     *args: str, port: int | None = None, env: dict[str, str] | None = None, tmp: Path | None = None
 ) -> Iterator[RunningServer]:
-    """Start ``interference serve`` and wait until /health answers; stop it afterwards."""
+    """Start ``interference serve`` and wait until /ready answers (the start-up model is loaded); stop it
+    afterwards. /health answers 200 earlier, while the model loads."""
     port = port or free_port()
     log_dir = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
     log_path = log_dir / f"interference-{port}.log"
@@ -82,12 +83,12 @@ def running_server(
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log}")
             try:
-                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become healthy:\n{server.log}")
+                raise RuntimeError(f"server did not become ready:\n{server.log}")
             time.sleep(0.05)
         yield server
     finally:

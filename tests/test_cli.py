@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -151,3 +152,21 @@ def test_models_shows_configured_models_winning_alias_clashes(tmp_path: Path) ->
     assert lines[0].startswith("big") and "gpt-4o" in lines[0]
     default = next(line for line in lines if line.startswith("SmolLM2"))
     assert "gpt-4o-mini" in default and "gpt-4o," not in default and not default.endswith("gpt-4o")
+
+
+def test_every_setting_with_a_flag_is_on_the_command_line() -> None:
+    from interference.cli import build_parser
+    from interference.config import Settings, setting_flags
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    serve_dests = {a.dest for a in sub.choices["serve"]._actions}
+    models_dests = {a.dest for a in sub.choices["models"]._actions}
+    flags = setting_flags()
+    assert set(flags) <= serve_dests
+    assert {n for n, f in flags.items() if f.group != "server"} <= models_dests
+    assert set(flags) <= set(Settings.model_fields)
+    # Flags given on the command line land on the same fields the environment and the file fill.
+    args = build_parser().parse_args(["serve", "--lazy", "--no-embeddings", "--no-repack", "-np", "3"])
+    cli = {k: getattr(args, k) for k in flags}
+    s = load_settings(cli, env={"INTERFERENCE_PARALLEL": "5", "INTERFERENCE_LAZY": "false"})
+    assert (s.lazy, s.embeddings, s.repack, s.parallel) == (True, False, False, 3)

@@ -7,12 +7,13 @@ import logging
 import socket
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, setting_flags
 
 __all__ = ["main"]
 
@@ -27,96 +28,42 @@ Settings come from flags, then INTERFERENCE_* environment variables, then a TOML
 """
 
 
-def _engine_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("local engine")
-    g.add_argument("-m", "--model", metavar="GGUF", help="GGUF file to serve (default: the embedded model)")
-    g.add_argument("--model-name", metavar="ID", help="public id of that model (default: file name)")
-    g.add_argument(
-        "-c",
-        "--ctx-size",
-        type=int,
-        metavar="N",
-        help="total context tokens, shared by the slots (default: parallel x 2048)",
-    )
-    g.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
-    g.add_argument("-np", "--parallel", type=int, metavar="N", help="sequences decoded together (default: 8)")
-    g.add_argument(
-        "-b",
-        "--batch-size",
-        type=int,
-        metavar="N",
-        help="prompt tokens evaluated per step beside running streams (default: 512)",
-    )
-    g.add_argument(
-        "--max-queue",
-        type=int,
-        metavar="N",
-        help="requests that may wait for a slot before 429 (default: 64)",
-    )
-    g.add_argument(
-        "--cache-type",
-        choices=["f16", "q8_0", "q4_0"],
-        help="KV cache type: q8_0 halves its memory for a few %% of speed (default: f16)",
-    )
-    g.add_argument(
-        "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
-    )
-    g.add_argument(
-        "--repack",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let llama.cpp repack weights for this CPU's matrix instructions "
-        "(default: off on CPUs with AMX, where it crashes; on elsewhere)",
-    )
-    g.add_argument(
-        "--embedding-model",
-        metavar="PATH",
-        help="GGUF file or sentence-transformers BERT folder for /v1/embeddings (default: all-MiniLM-L6-v2)",
-    )
-    g.add_argument(
-        "--no-embeddings",
-        dest="embeddings",
-        action="store_const",
-        const=False,
-        help="do not load an embedding model",
-    )
+_GROUP_TITLES = {"engine": "local engine", "models": "many local models (docs/models.md)"}
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("many local models (docs/models.md)")
-    g.add_argument("--models-dir", metavar="DIR", help="serve every *.gguf in DIR under its file name")
-    g.add_argument(
-        "--memory-budget",
-        type=int,
-        metavar="MIB",
-        help="local models loaded at once fit in this many MiB; idle ones unload, least recently used first",
-    )
-    g.add_argument(
-        "--model-ttl", type=float, metavar="SECONDS", help="unload a model idle this long (default: 0, never)"
-    )
-    g.add_argument(
-        "--load-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="how long a request waits for its model to load (default: 120)",
-    )
-    g.add_argument(
-        "--lazy",
-        action="store_const",
-        const=True,
-        help="load the default model on its first request, not at start-up",
-    )
+def _value_kind(annotation: Any) -> dict[str, Any]:
+    """argparse's ``type`` or ``choices`` for a settings field's annotation."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": list(args)}
+    for candidate in (annotation, *args):
+        if candidate in (int, float):
+            return {"type": candidate}
+        if typing.get_origin(candidate) is typing.Literal:
+            return {"choices": list(typing.get_args(candidate))}
+    return {}
 
 
-def _common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
-    p.add_argument(
-        "--alias",
-        dest="aliases",
-        action="append",
-        metavar="NAME",
-        help="a name that maps to the default model (repeatable; replaces the default aliases)",
-    )
+def _setting_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
+    """One flag per setting that declares a ``Flag`` in config.py (``server`` ones only for serve)."""
+    groups: dict[str, Any] = {}
+    for name, spec in setting_flags().items():
+        if spec.group == "server" and not server:
+            continue
+        title = _GROUP_TITLES.get(spec.group)
+        target = p if title is None else groups.setdefault(spec.group, p.add_argument_group(title))
+        kw: dict[str, Any] = {"dest": name, "help": spec.help}
+        if spec.metavar:
+            kw["metavar"] = spec.metavar
+        if spec.action == "store":
+            kw.update(_value_kind(Settings.model_fields[name].annotation))
+        elif spec.action == "append":
+            kw["action"] = "append"
+        elif spec.action == "toggle":
+            kw.update(action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kw.update(action="store_const", const=spec.action == "true")
+        target.add_argument(*spec.names, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,25 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the OpenAI API (default: 127.0.0.1:1337)",
         description="Serve the OpenAI API at /v1/... and at the root.",
     )
-    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: 1337)")
-    serve.add_argument(
-        "--api-key",
-        dest="api_keys",
-        action="append",
-        metavar="KEY",
-        help="require this key (repeatable; default: no auth)",
-    )
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
-    _common_flags(serve)
-    _engine_flags(serve)
-    _model_flags(serve)
+    _setting_flags(serve, server=True)
 
     models = sub.add_parser("models", help="list the models (and aliases) that serve would offer")
-    _common_flags(models)
-    _engine_flags(models)
-    _model_flags(models)
+    models.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
+    _setting_flags(models, server=False)
 
     chat = sub.add_parser("chat", help="chat with a running server from the terminal")
     chat.add_argument("prompt", nargs="?", help="one prompt (omit for an interactive session)")
@@ -171,15 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SETTINGS_FLAGS = (
-    "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
-    "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model", "models_dir", "memory_budget", "model_ttl", "load_timeout", "lazy",
-)  # fmt: skip
-
-
 def _settings(args: argparse.Namespace) -> Settings:
-    cli: dict[str, Any] = {k: getattr(args, k, None) for k in _SETTINGS_FLAGS}
+    cli: dict[str, Any] = {k: getattr(args, k, None) for k in setting_flags()}
     return load_settings(cli, config_file=args.config)
 
 

@@ -9,19 +9,40 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 __all__ = [
     "DEFAULT_ALIASES",
     "ConfigError",
+    "EngineOptions",
+    "Flag",
     "LocalDeployment",
     "ModelEntry",
     "OpenAIDeployment",
     "Settings",
     "load_settings",
+    "setting_flags",
 ]
 
 ENV_PREFIX = "INTERFERENCE_"
@@ -36,18 +57,85 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """How a setting appears on the command line (``cli.py`` builds its parser from these).
+
+    ``action``: ``store`` takes a value (its type and choices come from the field), ``append`` may repeat,
+    ``true``/``false`` set the value without one, ``toggle`` is ``--x/--no-x``. ``server`` flags belong to
+    ``serve`` only; the others to ``models`` too.
+    """
+
+    names: tuple[str, ...]
+    help: str
+    metavar: str | None = None
+    action: Literal["store", "append", "true", "false", "toggle"] = "store"
+    group: Literal["server", "common", "engine", "models"] = "engine"
+
+
+def flag(
+    *names: str,
+    help: str,
+    metavar: str | None = None,
+    action: Literal["store", "append", "true", "false", "toggle"] = "store",
+    group: Literal["server", "common", "engine", "models"] = "engine",
+) -> Flag:
+    return Flag(names=names, help=help, metavar=metavar, action=action, group=group)
+
+
 class EngineOptions(_Frozen):
     """Options of one local llama.cpp engine."""
 
-    ctx_size: Annotated[int, Field(ge=0)] = 0
-    threads: Annotated[int, Field(ge=0)] = 0
-    parallel: Annotated[int, Field(ge=1, le=256)] = 8
-    batch_size: Annotated[int, Field(ge=16)] = 512
-    max_queue: Annotated[int, Field(ge=0)] = 64
-    cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
-    request_timeout: Annotated[float, Field(gt=0)] = 600.0
+    ctx_size: Annotated[
+        int,
+        Field(ge=0),
+        flag(
+            "-c", "--ctx-size", metavar="N",
+            help="total context tokens, shared by the slots (default: parallel x 2048)",
+        ),
+    ] = 0  # fmt: skip
+    threads: Annotated[
+        int, Field(ge=0), flag("-t", "--threads", metavar="N", help="CPU threads (default: physical cores)")
+    ] = 0
+    parallel: Annotated[
+        int,
+        Field(ge=1, le=256),
+        flag("-np", "--parallel", metavar="N", help="sequences decoded together (default: 8)"),
+    ] = 8
+    batch_size: Annotated[
+        int,
+        Field(ge=16),
+        flag(
+            "-b", "--batch-size", metavar="N",
+            help="prompt tokens evaluated per step beside running streams (default: 512)",
+        ),
+    ] = 512  # fmt: skip
+    max_queue: Annotated[
+        int,
+        Field(ge=0),
+        flag("--max-queue", metavar="N", help="requests that may wait for a slot before 429 (default: 64)"),
+    ] = 64
+    cache_type: Annotated[
+        Literal["f16", "q8_0", "q4_0"],
+        flag(
+            "--cache-type", help="KV cache type: q8_0 halves its memory for a few %% of speed (default: f16)"
+        ),
+    ] = "f16"
+    request_timeout: Annotated[
+        float,
+        Field(gt=0),
+        flag("--request-timeout", metavar="SECONDS", help="per-request limit (default: 600)"),
+    ] = 600.0
     # llama.cpp's repacked weight buffers; None: off on CPUs with AMX (they crash there), on elsewhere.
-    repack: bool | None = None
+    repack: Annotated[
+        bool | None,
+        flag(
+            "--repack",
+            action="toggle",
+            help="let llama.cpp repack weights for this CPU's matrix instructions "
+            "(default: off on CPUs with AMX, where it crashes; on elsewhere)",
+        ),
+    ] = None
 
 
 class LocalDeployment(EngineOptions):
@@ -101,79 +189,167 @@ class ModelEntry(_Frozen):
     pin: bool = False
 
 
-class Settings(EngineOptions):
-    """Everything ``interference serve`` needs."""
+def _comma_list(value: Any) -> Any:
+    """Lists in the environment are comma-separated."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 1337
-    model: str | None = None
-    model_name: str | None = None
-    aliases: tuple[str, ...] = DEFAULT_ALIASES
-    api_keys: tuple[SecretStr, ...] = ()
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+SecretList = Annotated[tuple[SecretStr, ...], NoDecode, BeforeValidator(_comma_list)]
+
+
+class Settings(BaseSettings, EngineOptions):
+    """Everything ``interference serve`` needs.
+
+    Each field is declared once, here: its TOML key is its name, its environment variable
+    ``INTERFERENCE_<NAME>``, and its ``Flag`` (when it has one) its command-line flag.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    host: Annotated[str, flag("--host", group="server", help="address to listen on (default: 127.0.0.1)")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[
+        int, Field(ge=0, le=65535), flag("--port", group="server", help="port to listen on (default: 1337)")
+    ] = 1337
+    model: Annotated[
+        str | None,
+        flag("-m", "--model", metavar="GGUF", help="GGUF file to serve (default: the embedded model)"),
+    ] = None
+    model_name: Annotated[
+        str | None, flag("--model-name", metavar="ID", help="public id of that model (default: file name)")
+    ] = None
+    aliases: Annotated[
+        CommaList,
+        flag(
+            "--alias", action="append", group="common", metavar="NAME",
+            help="a name that maps to the default model (repeatable; replaces the default aliases)",
+        ),
+    ] = DEFAULT_ALIASES  # fmt: skip
+    api_keys: Annotated[
+        SecretList,
+        flag(
+            "--api-key", action="append", group="server", metavar="KEY",
+            help="require this key (repeatable; default: no auth)",
+        ),
+    ] = ()  # fmt: skip
     models: tuple[ModelEntry, ...] = ()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        flag("--log-level", group="server", help="log verbosity (default: info)"),
+    ] = "info"
     # Local embeddings for /v1/embeddings: on by default with the bundled all-MiniLM-L6-v2;
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
-    embeddings: bool = True
-    embedding_model: str | None = None
+    embeddings: Annotated[
+        bool, flag("--no-embeddings", action="false", help="do not load an embedding model")
+    ] = True
+    embedding_model: Annotated[
+        str | None,
+        flag(
+            "--embedding-model", metavar="PATH",
+            help="GGUF file or sentence-transformers BERT folder for /v1/embeddings "
+            "(default: all-MiniLM-L6-v2)",
+        ),
+    ] = None  # fmt: skip
     # Many local models under one memory budget (docs/models.md).
-    models_dir: str | None = None
-    memory_budget: Annotated[int, Field(ge=1)] | None = None  # MiB
-    model_ttl: Annotated[float, Field(ge=0)] = 0.0  # seconds idle before unloading; 0: never
-    load_timeout: Annotated[float, Field(gt=0)] = 120.0
-    lazy: bool = False
+    models_dir: Annotated[
+        str | None,
+        flag(
+            "--models-dir",
+            metavar="DIR",
+            group="models",
+            help="serve every *.gguf in DIR under its file name",
+        ),
+    ] = None
+    memory_budget: Annotated[
+        int | None,
+        Field(ge=1),
+        flag(
+            "--memory-budget", metavar="MIB", group="models",
+            help="local models loaded at once fit in this many MiB; "
+            "idle ones unload, least recently used first",
+        ),
+    ] = None  # fmt: skip
+    model_ttl: Annotated[
+        float,
+        Field(ge=0),
+        flag(
+            "--model-ttl", metavar="SECONDS", group="models",
+            help="unload a model idle this long (default: 0, never)",
+        ),
+    ] = 0.0  # fmt: skip
+    load_timeout: Annotated[
+        float,
+        Field(gt=0),
+        flag(
+            "--load-timeout", metavar="SECONDS", group="models",
+            help="how long a request waits for its model to load (default: 120)",
+        ),
+    ] = 120.0  # fmt: skip
+    lazy: Annotated[
+        bool,
+        flag(
+            "--lazy", action="true", group="models",
+            help="load the default model on its first request, not at start-up",
+        ),
+    ] = False  # fmt: skip
 
     @property
     def engine_options(self) -> EngineOptions:
         return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.model_fields})
 
 
-# Environment variables, each mapped to a settings key; list values are comma-separated.
-_ENV_KEYS = {
-    "HOST": "host",
-    "PORT": "port",
-    "MODEL": "model",
-    "MODEL_NAME": "model_name",
-    "CTX_SIZE": "ctx_size",
-    "THREADS": "threads",
-    "PARALLEL": "parallel",
-    "BATCH_SIZE": "batch_size",
-    "MAX_QUEUE": "max_queue",
-    "CACHE_TYPE": "cache_type",
-    "REQUEST_TIMEOUT": "request_timeout",
-    "REPACK": "repack",
-    "ALIASES": "aliases",
-    "API_KEYS": "api_keys",
-    "API_KEY": "api_keys",
-    "LOG_LEVEL": "log_level",
-    "EMBEDDINGS": "embeddings",
-    "EMBEDDING_MODEL": "embedding_model",
-    "MODELS_DIR": "models_dir",
-    "MEMORY_BUDGET": "memory_budget",
-    "MODEL_TTL": "model_ttl",
-    "LOAD_TIMEOUT": "load_timeout",
-    "LAZY": "lazy",
-}
-_LIST_KEYS = {"aliases", "api_keys"}
+def setting_flags() -> dict[str, Flag]:
+    """Each setting that has a command-line flag, by field name, in declaration order."""
+    out: dict[str, Flag] = {}
+    for name, info in Settings.model_fields.items():
+        found = next((m for m in info.metadata if isinstance(m, Flag)), None)
+        if found is not None:
+            out[name] = found
+    return out
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for suffix, key in _ENV_KEYS.items():
-        raw = env.get(ENV_PREFIX + suffix)
-        if raw is None:
-            continue
-        if key in _LIST_KEYS:
-            values[key] = tuple(part.strip() for part in raw.split(",") if part.strip())
-        else:
-            values[key] = raw
-    return values
+class _Env(EnvSettingsSource):
+    """``INTERFERENCE_*`` variables from a given mapping; ``INTERFERENCE_API_KEY`` means ``api_keys`` too."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        values = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        single = values.get(ENV_PREFIX + "API_KEY")
+        if single is not None:
+            values.setdefault(ENV_PREFIX + "API_KEYS", single)
+        self.env_vars = {k.lower(): v for k, v in values.items()}
 
 
-def _from_file(path: Path) -> dict[str, Any]:
+def _with_sources(env: Mapping[str, str], file: Path | None) -> type[Settings]:
+    """``Settings`` read from its init arguments (the flags), then ``env``, then ``file``, then defaults."""
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, _Env(settings_cls, env)]
+            if file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file))
+            return tuple(sources)
+
+    return _Loaded
+
+
+def _check_file(path: Path) -> None:
+    """A missing or malformed file is one clear line (the TOML source would skip a missing one)."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -205,16 +381,18 @@ def load_settings(
     env = os.environ if env is None else env
     cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
     file_name = config_file or env.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, Any] = _from_file(Path(file_name)) if file_name else {}
-    merged.update(_from_env(env))
-    merged.update(cli_values)
+    file = Path(file_name) if file_name else None
+    if file is not None:
+        _check_file(file)
     where = f" in {file_name}" if file_name else ""
     try:
-        settings = Settings.model_validate(merged)
+        loaded = _with_sources(env, file)(**cli_values)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _key_name(tuple(err["loc"])) or "(top level)"
         raise ConfigError(f"invalid setting '{key}'{where}: {err['msg']}") from None
+    # The plain class, not the one bound to these sources: what is passed down compares and copies simply.
+    settings = Settings.model_construct(**{k: getattr(loaded, k) for k in Settings.model_fields})
     _check_unique_names(settings.models, where)
     return _resolve_api_keys(settings, env, where)
 

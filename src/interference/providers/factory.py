@@ -13,13 +13,13 @@ from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
 from ..router import Deployment, Route, Router
 from .base import Provider
 from .local_embeddings import EMBEDDING_ALIASES, embedding_provider
-from .managed import ManagedLocalProvider
+from .managed import ManagedLocalProvider, load_engine
 from .model_pool import ModelPool
 
 if TYPE_CHECKING:
     from .upstream import UpstreamPool
 
-__all__ = ["build_router", "build_routes"]
+__all__ = ["build_router", "build_routes", "load_engine"]
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..config import EngineOptions
-from ..engine import Engine, EngineConfig, ModelLoadError
+from ..engine import Engine, EngineConfig, ModelLoadError, embedded_model_path
 from ..engine.chat_template import ChatTemplate, TemplateError
 from ..engine.cpu import CpuInfo, choose_repack
 from ..engine.engine import DEFAULT_CTX_PER_SLOT
@@ -41,12 +41,12 @@ __all__ = ["LoadState", "ManagedLocalProvider", "load_engine"]
 logger = logging.getLogger(__name__)
 
 
-def load_engine(path: Path, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
-    """Load a GGUF with these engine options; raises ``ModelLoadError``."""
+def load_engine(path: str | Path | None, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
+    """Load a GGUF (the embedded model when ``path`` is None); raises ``ModelLoadError``."""
     repack = choose_repack(options.repack, cpu)
     engine = Engine(
         EngineConfig(
-            path=path,
+            path=Path(path).expanduser() if path else embedded_model_path(),
             ctx_size=options.ctx_size,
             threads=options.threads,
             parallel=options.parallel,
