@@ -28,6 +28,7 @@ answering the client, which has received nothing yet, paid at most once per depl
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -131,6 +132,7 @@ class Router:
         self._add(routes)
         self._clock = clock
         self._discover = discover
+        self._discovering = asyncio.Lock()
 
     def _add(self, routes: list[Route]) -> None:
         for route in routes:
@@ -138,10 +140,21 @@ class Router:
             for name in (route.name, *route.aliases):
                 self._by_name.setdefault(name, route)
 
-    def refresh(self) -> None:
-        """Add the routes that appeared since (a GGUF dropped into the models dir)."""
-        if self._discover is not None:
-            self._add(self._discover())
+    async def refresh(self) -> None:
+        """Add the routes that appeared since (a GGUF dropped into the models dir).
+
+        Discovery reads each new file's metadata: it runs in a worker thread, one at a time.
+        """
+        if self._discover is None:
+            return
+        async with self._discovering:
+            self._add(await asyncio.to_thread(self._discover))
+
+    async def find(self, name: str) -> Route:
+        """``resolve``, looking for new routes first when the name is unknown."""
+        if name not in self._by_name:
+            await self.refresh()
+        return self.resolve(name)
 
     @property
     def routes(self) -> list[Route]:
@@ -157,9 +170,6 @@ class Router:
 
     def resolve(self, name: str) -> Route:
         route = self._by_name.get(name)
-        if route is None:
-            self.refresh()
-            route = self._by_name.get(name)
         if route is None:
             raise ModelNotFound(name)
         return route
@@ -179,7 +189,6 @@ class Router:
         )
 
     def cards(self) -> list[ModelCard]:
-        self.refresh()
         cards: list[ModelCard] = []
         for route in self._routes:
             cards.append(self._card(route.name, route))
@@ -189,8 +198,8 @@ class Router:
     def card(self, name: str) -> ModelCard:
         return self._card(name, self.resolve(name))
 
-    def _loadable(self, name: str) -> list[Provider]:
-        providers = [d.provider for d in self.resolve(name).deployments if d.provider.can_load]
+    async def _loadable(self, name: str) -> list[Provider]:
+        providers = [d.provider for d in (await self.find(name)).deployments if d.provider.can_load]
         if not providers:
             raise InvalidRequest(
                 f"The model '{name}' is not a local model: it cannot be loaded or unloaded.", param="model"
@@ -199,13 +208,13 @@ class Router:
 
     async def load(self, name: str) -> ModelCard:
         """Load every local deployment of a model; answers once they are loaded."""
-        for provider in self._loadable(name):
+        for provider in await self._loadable(name):
             await provider.load()
         return self.card(name)
 
     async def unload(self, name: str) -> ModelCard:
         """Unload every local deployment of a model once its requests in flight are done."""
-        for provider in self._loadable(name):
+        for provider in await self._loadable(name):
             await provider.unload()
         return self.card(name)
 
@@ -217,7 +226,7 @@ class Router:
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """One embeddings call, with the failover rules of a stream that fails before its first delta."""
-        route = self.resolve(request.model)
+        route = await self.find(request.model)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             deployment.outstanding += 1
@@ -252,7 +261,7 @@ class Router:
         request: RequestT,
         call: Callable[[Provider, str], AsyncIterator[Delta]],
     ) -> AsyncIterator[Delta]:
-        route = self.resolve(request.model)
+        route = await self.find(request.model)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             stream = call(deployment.provider, deployment.model)

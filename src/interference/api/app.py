@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, routes: list[Route] | None = None) -> FastAPI:
-    """Build the app; loads local models now (so start-up errors surface before serving)."""
+    """Build the app; probes each local GGUF now, so a broken file stops start-up before serving."""
     if routes is None:
         from ..providers.factory import build_router
 

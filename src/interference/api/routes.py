@@ -76,7 +76,9 @@ async def responses(request: Request) -> Response:
 
 @api_router.get("/models")
 async def list_models(request: Request) -> Response:
-    return JSONResponse(ModelList(data=_state(request).router.cards()).model_dump())
+    router = _state(request).router
+    await router.refresh()  # a GGUF added to the models dir since
+    return JSONResponse(ModelList(data=router.cards()).model_dump())
 
 
 @api_router.post("/models/{model_id:path}/load")
@@ -91,7 +93,9 @@ async def unload_model(request: Request, model_id: str) -> Response:
 
 @api_router.get("/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
-    return JSONResponse(_state(request).router.card(model_id).model_dump())
+    router = _state(request).router
+    await router.find(model_id)
+    return JSONResponse(router.card(model_id).model_dump())
 
 
 @health_router.get("/health")

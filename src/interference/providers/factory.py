@@ -108,8 +108,6 @@ def _scan_models_dir(shared: _Shared, known: set[str]) -> list[Route]:
             continue
         known.add(name)
         routes.append(Route(name=name, deployments=[Deployment(provider, name)]))
-    if routes:
-        shared.models.ensure_sweeping()
     return routes
 
 

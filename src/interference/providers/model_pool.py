@@ -48,7 +48,6 @@ class ModelPool:
         self.members: list[ManagedLocalProvider] = []
         self._changed: asyncio.Condition | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._is_started = False
 
     @property
     def changed(self) -> asyncio.Condition:
@@ -61,17 +60,11 @@ class ModelPool:
         self.members.append(member)
 
     def start(self) -> None:
-        self._is_started = True
-        if self._sweeper is None and any(m.ttl > 0 for m in self.members):
+        """Start the idle sweep (it also covers models that join later, from the models dir)."""
+        if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep())
 
-    def ensure_sweeping(self) -> None:
-        """Start the idle sweep when a model joins after start-up (a new file in the models dir)."""
-        if self._is_started:
-            self.start()
-
     async def aclose(self) -> None:
-        self._is_started = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
