@@ -1,4 +1,5 @@
-"""Wire models: OpenAI chat/completions (``openai``), the Responses API (``responses``) and embeddings.
+"""Wire models: OpenAI chat/completions (``openai``), the Responses API (``responses``), embeddings,
+and Anthropic's Messages API (``anthropic``, translated to and from chat by ``anthropic_openai``).
 
 Pure pydantic models and validators: no HTTP, no engine, nothing else from the package.
 """
@@ -48,8 +49,14 @@ from .responses import (
     response_item_id,
 )
 
+from .anthropic import (
+    CountTokensRequest,
+    MessagesRequest,
+)
+
 
 __all__ = [
+    "MAX_EMBEDDING_INPUTS",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
@@ -60,6 +67,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionRequest",
     "ContentPart",
+    "CountTokensRequest",
     "DeltaMessage",
     "EmbeddingInput",
     "EmbeddingRequest",
@@ -67,7 +75,7 @@ __all__ = [
     "ErrorResponse",
     "InputMessage",
     "InputText",
-    "MAX_EMBEDDING_INPUTS",
+    "MessagesRequest",
     "ModelCard",
     "ModelList",
     "NamedToolChoice",

@@ -18,7 +18,9 @@ from ..errors import (
     UnsupportedParameter,
 )
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
-from .base import Delta, Provider, TokenUsage
+from ..protocol import CountTokensRequest, MessagesRequest
+from ..protocol.anthropic import ImageBlock
+from .base import Delta, MessageEvent, Provider, TokenUsage, chat_from_messages
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
 from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
@@ -63,14 +65,7 @@ class LocalProvider(Provider):
         self._check_n(request)
         mode = tool_mode(request)
         grammar = self._grammar(request, mode)
-        native = mode != "none" and self.engine.template_renders_tools
-        extra: dict[str, Any] = {}
-        if native:
-            extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
-        try:
-            prompt = self.engine.render_chat(message_dicts(request, native=native), **extra)
-        except TemplateError as exc:
-            raise InvalidRequest(str(exc), param="messages") from exc
+        prompt = self._render(request, mode)
         top = (request.top_logprobs or 0) if request.logprobs else None
         plan = _Plan(prompt, request.max_new_tokens, "messages", grammar=grammar, top_logprobs=top)
         choices: list[AsyncIterator[Delta]] = []
@@ -83,6 +78,37 @@ class LocalProvider(Provider):
             choices.append(choice)
         async for delta in merge(choices):
             yield delta
+
+    def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        self._check_anthropic(request)
+        return super().messages(request, model=model)
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        self._check_anthropic(request)
+        chat = chat_from_messages(request)
+        return len(self._render(chat, tool_mode(chat)))
+
+    @staticmethod
+    def _check_anthropic(request: CountTokensRequest) -> None:
+        if request.thinking_enabled:
+            raise UnsupportedParameter(
+                "This model has no thinking mode; leave 'thinking' out.", param="thinking"
+            )
+        if any(isinstance(b, ImageBlock) for b in request.blocks()):
+            raise UnsupportedParameter(
+                "This model does not read images (image content blocks).", param="messages"
+            )
+
+    def _render(self, request: ChatCompletionRequest, mode: str) -> list[int]:
+        """The prompt's tokens: the chat template over the messages, with the tools when they are on."""
+        native = mode != "none" and self.engine.template_renders_tools
+        extra: dict[str, Any] = {}
+        if native:
+            extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
+        try:
+            return self.engine.render_chat(message_dicts(request, native=native), **extra)
+        except TemplateError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
 
     async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         self._check_n(request)
@@ -179,6 +205,7 @@ class LocalProvider(Provider):
                 "The server is at capacity: too many requests are waiting. Retry shortly.", retry_after=1.0
             ) from None
         offset = len(echo)
+        is_first = True
         try:
             if echo:
                 yield Delta(text=echo, index=index)
@@ -197,12 +224,17 @@ class LocalProvider(Provider):
                 usage = None
                 if out.finish_reason is not None:
                     usage = TokenUsage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+                elif is_first:
+                    # The prompt's size, known once generation starts (Anthropic streams report it first).
+                    usage = TokenUsage(out.prompt_tokens, 0, out.cached_tokens)
+                is_first = False
                 yield Delta(
                     text=out.text,
                     index=index,
                     finish_reason=str(out.finish_reason) if out.finish_reason else None,
                     usage=usage,
                     logprobs=logprobs,
+                    stop_sequence=out.stop_sequence,
                 )
         finally:
             handle.abort()
