@@ -31,8 +31,9 @@ import orjson
 from pydantic import BaseModel
 
 from .. import __version__
-from ..config import OpenAIDeployment
+from ..config import UpstreamDeployment
 from ..errors import (
+    InvalidRequest,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -41,7 +42,8 @@ from ..errors import (
 )
 from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from ..protocol import EmbeddingRequest
-from .base import Delta, Embeddings, Provider, TokenUsage
+from ..protocol import CountTokensRequest
+from .base import Delta, Embeddings, Provider, TokenUsage, chat_from_messages
 from .http1 import Http1Transport
 from .sse import SSEDecoder
 from .upstream_embeddings import embeddings_from_body
@@ -92,7 +94,7 @@ def _transport() -> httpx.AsyncBaseTransport | None:
 class UpstreamProvider(Provider):
     """One OpenAI-compatible endpoint; requests are forwarded with the model name replaced."""
 
-    def __init__(self, deployment: OpenAIDeployment, *, pool: UpstreamPool) -> None:
+    def __init__(self, deployment: UpstreamDeployment, *, pool: UpstreamPool) -> None:
         url = httpx.URL(deployment.base_url)
         # netloc carries no user info, so credentials in the URL stay out of logs.
         self.name = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"
@@ -101,6 +103,8 @@ class UpstreamProvider(Provider):
             "chat": httpx.URL(f"{deployment.base_url}/chat/completions"),
             "text": httpx.URL(f"{deployment.base_url}/completions"),
             "embeddings": httpx.URL(f"{deployment.base_url}/embeddings"),
+            # vLLM and SGLang serve /tokenize at the root, beside /v1.
+            "tokenize": httpx.URL(f"{deployment.base_url.removesuffix('/v1')}/tokenize"),
         }
         self._secret = deployment.api_key.get_secret_value() if deployment.api_key else ""
         self._headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
@@ -140,6 +144,40 @@ class UpstreamProvider(Provider):
             finally:
                 await response.aclose()
         return embeddings_from_body(_loads(raw), expected=len(request.inputs))
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        """The prompt's size from the upstream's ``/tokenize`` (vLLM, SGLang): its own chat template."""
+        chat = chat_from_messages(request)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [m.model_dump(exclude_unset=True) for m in chat.messages],
+            "add_generation_prompt": True,
+        }
+        if chat.tools:
+            body["tools"] = [t.model_dump(exclude_unset=True) for t in chat.tools]
+        assert self._client is not None
+        upstream_request = httpx.Request(
+            "POST", self._urls["tokenize"], content=orjson.dumps(body), headers=self._headers,
+            extensions=self._extensions,
+        )  # fmt: skip
+        with self._translate_errors():
+            response = await self._client.send(upstream_request, stream=True)
+            try:
+                if response.status_code in (404, 405):
+                    raise InvalidRequest(
+                        f"The model '{request.model}' cannot count tokens: its upstream has no /tokenize "
+                        "endpoint (vLLM and SGLang have one).",
+                        param="model",
+                    )
+                if not 200 <= response.status_code < 300:
+                    raise await self._status_error(response)
+                result = _loads(await response.aread())
+            finally:
+                await response.aclose()
+        count = result.get("count") if isinstance(result, dict) else None
+        if not isinstance(count, int):
+            raise UpstreamProtocolError("The upstream server sent a malformed token count.")
+        return count
 
     # ------------------------------------------------------------------ the call
 
