@@ -30,6 +30,8 @@ WEATHER_TOOL = {
 }
 CLAUDE_TEXT = "".join(fake_anthropic.PIECES)
 ANTHROPIC_UPSTREAMS = (
+    "event_error",
+    "event_spare",
     "main",
     "tools",
     "first",
@@ -78,6 +80,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     claude_up["tools"].mode = "tools"
     claude_up["first"].mode = "529"
     claude_up["torn"].mode = "torn"
+    claude_up["event_error"].mode = "overloaded_event"
     for status in ("400", "403", "413", "429", "500", "529"):
         claude_up[f"e{status}"].mode = status
     openai_up = {"main": FakeUpstream().start(), "tools": FakeUpstream().start()}
@@ -95,6 +98,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             ],
         ),
         "claude-torn": ({}, [_anthropic(claude_up["torn"])]),
+        "claude-event": ({}, [_anthropic(claude_up["event_error"]), _anthropic(claude_up["event_spare"])]),
         "vllm": ({}, [{"type": "openai", "base_url": openai_up["main"].url, "model": "up-model"}]),
         "vllm-tools": ({}, [{"type": "openai", "base_url": openai_up["tools"].url}]),
         **{
@@ -175,6 +179,14 @@ def test_failover_past_529_and_a_dead_upstream(gw: Gateway) -> None:
     # The failed one cools down: the next request goes straight to the healthy one.
     gw.claude().messages.create(model="claude-failover", max_tokens=5, messages=HI)
     assert (first.hits, second.hits) == (before[0] + 1, before[1] + 2)
+
+
+def test_an_error_event_before_anything_fails_over(gw: Gateway) -> None:
+    bad, spare = gw.claude_up["event_error"], gw.claude_up["event_spare"]
+    with gw.claude().messages.stream(model="claude-event", max_tokens=5, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == CLAUDE_TEXT  # type: ignore[union-attr]
+    assert bad.hits == 1 and spare.hits == 1
 
 
 def test_a_torn_native_stream_ends_with_an_error_event(gw: Gateway) -> None:
