@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -181,6 +182,27 @@ def test_streamed_tool_use_sends_partial_json(server: RunningServer) -> None:
     )
     assert isinstance(json.loads(partial)["city"], str)
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_disconnect_frees_the_slot(server: RunningServer) -> None:
+    body = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+    }
+    with server.http() as http, http.stream("POST", "/v1/messages", json=body) as response:
+        for line in response.iter_lines():
+            if "content_block_delta" in line:
+                break
+    _wait_for(lambda: server.metrics()["interference_engine_slots_active"] == 0)
 
 
 # ---------------------------------------------------------------------- count_tokens
