@@ -85,6 +85,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         claude_up[f"e{status}"].mode = status
     openai_up = {"main": FakeUpstream().start(), "tools": FakeUpstream().start()}
     openai_up["tools"].mode = "tools"
+    openai_up["tools"].has_tokenize = True
     dead = f"http://127.0.0.1:{free_port()}"
     models = {
         "claude-native": ({}, [_anthropic(claude_up["main"], api_key=KEY, anthropic_version="2023-06-01")]),
@@ -401,6 +402,19 @@ def test_claude_tool_use_from_an_openai_upstream(gw: Gateway, stream: bool) -> N
     assert use.id.startswith("toolu_") and use.name == "get_weather" and use.input == {"city": "Paris"}
     sent = gw.openai_up["tools"].bodies[-1]
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_count_tokens_through_vllms_tokenize(gw: Gateway) -> None:
+    up = gw.openai_up["tools"]
+    count = gw.claude().messages.count_tokens(
+        model="vllm-tools", system="S", messages=HI, tools=[WEATHER_TOOL]
+    )  # type: ignore[arg-type,list-item]
+    message = gw.claude().messages.create(model="vllm-tools", max_tokens=5, messages=HI)
+    assert count.input_tokens == message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+    sent = up.bodies[-2]
+    assert sent["model"] == "vllm-tools" and sent["add_generation_prompt"] is True
+    assert sent["messages"][0] == {"role": "system", "content": "S"}
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
 
 
 def test_count_tokens_without_a_tokenizer_is_a_clear_400(gw: Gateway) -> None:

@@ -160,23 +160,30 @@ class UpstreamProvider(Provider):
             "POST", self._urls["tokenize"], content=orjson.dumps(body), headers=self._headers,
             extensions=self._extensions,
         )  # fmt: skip
+        # A missing or different /tokenize (llama-server's takes "content") is no fault of the upstream's:
+        # a 400 that says so, and no cooldown for a deployment that serves chat well.
+        unsupported = InvalidRequest(
+            f"The model '{request.model}' cannot count tokens: its upstream has no chat /tokenize endpoint "
+            "(vLLM and SGLang have one).",
+            param="model",
+        )
         with self._translate_errors():
             response = await self._client.send(upstream_request, stream=True)
             try:
-                if response.status_code in (404, 405):
-                    raise InvalidRequest(
-                        f"The model '{request.model}' cannot count tokens: its upstream has no /tokenize "
-                        "endpoint (vLLM and SGLang have one).",
-                        param="model",
-                    )
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    raise unsupported
                 if not 200 <= response.status_code < 300:
                     raise await self._status_error(response)
-                result = _loads(await response.aread())
+                raw = await response.aread()
             finally:
                 await response.aclose()
+        try:
+            result = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise unsupported from None
         count = result.get("count") if isinstance(result, dict) else None
         if not isinstance(count, int):
-            raise UpstreamProtocolError("The upstream server sent a malformed token count.")
+            raise unsupported
         return count
 
     # ------------------------------------------------------------------ the call
