@@ -14,6 +14,9 @@ the stream on the first that answers:
 
 Deployments in cooldown are tried last, soonest-to-recover first, so a request still succeeds when
 every deployment believed healthy fails but one believed down has come back.
+
+Every entry point shares these rules: streams (chat, completions, Anthropic messages) through
+``_open``, single calls (embeddings, count_tokens) through ``_call``.
 """
 
 from __future__ import annotations
