@@ -131,7 +131,8 @@ def test_tool_round_trip(claude: anthropic.Anthropic) -> None:
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = claude.messages.create(
         model=MODEL,
-        max_tokens=64,
+        max_tokens=128,
+        extra_body=GREEDY,
         messages=ask,  # type: ignore[arg-type]
         tools=[WEATHER_TOOL],  # type: ignore[list-item]
         tool_choice={"type": "tool", "name": "get_weather"},
@@ -165,11 +166,12 @@ def test_tool_round_trip(claude: anthropic.Anthropic) -> None:
 def test_streamed_tool_use_sends_partial_json(server: RunningServer) -> None:
     body = {
         "model": MODEL,
-        "max_tokens": 64,
+        "max_tokens": 128,
         "stream": True,
+        "temperature": 0,
         "messages": [{"role": "user", "content": "Weather in Oslo?"}],
         "tools": [WEATHER_TOOL],
-        "tool_choice": {"type": "any"},
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
     }
     with server.http() as http, http.stream("POST", "/v1/messages", json=body) as r:
         events = _events(r)
