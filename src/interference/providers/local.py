@@ -17,8 +17,14 @@ from ..errors import (
     RequestTimedOut,
     UnsupportedParameter,
 )
-from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
-from ..protocol import CountTokensRequest, MessagesRequest
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    MessagesRequest,
+    SamplingFields,
+    new_id,
+)
 from ..protocol.anthropic import ImageBlock
 from .base import Delta, MessageEvent, Provider, TokenUsage, chat_from_messages
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
