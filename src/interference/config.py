@@ -15,17 +15,31 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
+    "CLAUDE_ALIASES",
     "DEFAULT_ALIASES",
+    "AnthropicDeployment",
     "ConfigError",
     "LocalDeployment",
     "ModelEntry",
     "OpenAIDeployment",
     "Settings",
+    "UpstreamDeployment",
     "load_settings",
 ]
 
 ENV_PREFIX = "INTERFERENCE_"
-DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini")
+OPENAI_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini")
+# The ids Claude clients (Claude Code, the anthropic SDK's examples) send unless told otherwise.
+CLAUDE_ALIASES = (
+    "claude-sonnet-5",
+    "claude-sonnet-4-6",
+    "claude-opus-4-6",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+)
+DEFAULT_ALIASES = OPENAI_ALIASES + CLAUDE_ALIASES
 
 
 class ConfigError(Exception):
@@ -58,10 +72,9 @@ class LocalDeployment(EngineOptions):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
-class OpenAIDeployment(_Frozen):
-    """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
+class UpstreamDeployment(_Frozen):
+    """What every HTTP upstream has: where it is, its name for the model, its key, its timeouts."""
 
-    type: Literal["openai"] = "openai"
     base_url: str
     model: str | None = None
     api_key: SecretStr | None = None
@@ -85,7 +98,20 @@ class OpenAIDeployment(_Frozen):
         return v
 
 
-Deployment = Annotated[LocalDeployment | OpenAIDeployment, Field(discriminator="type")]
+class OpenAIDeployment(UpstreamDeployment):
+    """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
+
+    type: Literal["openai"] = "openai"
+
+
+class AnthropicDeployment(UpstreamDeployment):
+    """An upstream that speaks Anthropic's Messages API (Anthropic itself, or a compatible server)."""
+
+    type: Literal["anthropic"] = "anthropic"
+    anthropic_version: str = "2023-06-01"
+
+
+Deployment = Annotated[LocalDeployment | OpenAIDeployment | AnthropicDeployment, Field(discriminator="type")]
 
 
 class ModelEntry(_Frozen):
@@ -171,7 +197,7 @@ def _key_name(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("local", "openai") and parts and parts[-1].endswith("]"):
+        elif item in ("local", "openai", "anthropic") and parts and parts[-1].endswith("]"):
             continue  # discriminator tag pydantic inserts for tagged unions
         else:
             parts.append(("." if parts else "") + str(item))
@@ -221,7 +247,7 @@ def _resolve_api_keys(settings: Settings, env: Mapping[str, str], where: str) ->
     for i, entry in enumerate(settings.models):
         deployments = []
         for j, d in enumerate(entry.deployments):
-            if isinstance(d, OpenAIDeployment) and d.api_key_env is not None:
+            if isinstance(d, UpstreamDeployment) and d.api_key_env is not None:
                 value = env.get(d.api_key_env)
                 if not value:
                     raise ConfigError(

@@ -24,6 +24,9 @@ Each deployment gets a request at most once, and the transport never sends it ag
 (``providers/http1.py``). Failing over after the request was written (a timeout, a 5xx, a connection
 that broke before any response) may leave work, and a bill, at the failed deployment: the price of
 answering the client, which has received nothing yet, paid at most once per deployment.
+
+Every entry point shares these rules: streams (chat, completions, Anthropic messages) through
+``_open``, single calls (embeddings, count_tokens) through ``_call``.
 """
 
 from __future__ import annotations
@@ -31,19 +34,27 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
-from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard
-from .providers.base import Delta, Embeddings, Provider, aclose_stream
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    ModelCard,
+)
+from .providers.base import Delta, Embeddings, MessageEvent, Provider, aclose_stream
 
 __all__ = ["Deployment", "Health", "Route", "Router"]
 
 logger = logging.getLogger(__name__)
 
-RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 class Health(enum.Enum):
@@ -159,19 +170,29 @@ class Router:
         return ModelCard(id=name, created=route.created)
 
     def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Delta]:
-        return self._open(request, lambda p, m: p.chat(request, model=m))
+        return self._open(request.model, lambda p, m: p.chat(request, model=m))
 
     def complete(self, request: CompletionRequest) -> AsyncIterator[Delta]:
-        return self._open(request, lambda p, m: p.complete(request, model=m))
+        return self._open(request.model, lambda p, m: p.complete(request, model=m))
+
+    def messages(self, request: MessagesRequest) -> AsyncIterator[Delta | MessageEvent]:
+        """Anthropic Messages: native events from Anthropic upstreams, chat deltas from the others."""
+        return self._open(request.model, lambda p, m: p.messages(request, model=m))
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        """One embeddings call, with the failover rules of a stream that fails before its first delta."""
-        route = self.resolve(request.model)
+        return await self._call(request.model, lambda p, m: p.embed(request, model=m))
+
+    async def count_tokens(self, request: CountTokensRequest) -> int:
+        return await self._call(request.model, lambda p, m: p.count_tokens(request, model=m))
+
+    async def _call(self, name: str, call: Callable[[Provider, str], Awaitable[ResultT]]) -> ResultT:
+        """One non-streamed call, with the failover rules of a stream that fails before its first delta."""
+        route = self.resolve(name)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             deployment.outstanding += 1
             try:
-                result = await deployment.provider.embed(request, model=deployment.model)
+                result = await call(deployment.provider, deployment.model)
             except (Overloaded, UpstreamError) as exc:
                 self._fail_over(route, deployment, exc)
                 last_error = exc
@@ -198,10 +219,10 @@ class Router:
 
     async def _open(
         self,
-        request: RequestT,
-        call: Callable[[Provider, str], AsyncIterator[Delta]],
-    ) -> AsyncIterator[Delta]:
-        route = self.resolve(request.model)
+        name: str,
+        call: Callable[[Provider, str], AsyncIterator[ItemT]],
+    ) -> AsyncIterator[ItemT]:
+        route = self.resolve(name)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             stream = call(deployment.provider, deployment.model)

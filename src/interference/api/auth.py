@@ -8,7 +8,7 @@ import secrets
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import AuthenticationFailed
-from .errors import error_response
+from .errors import response_for
 
 __all__ = ["ApiKeyMiddleware"]
 
@@ -21,7 +21,10 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeyMiddleware:
-    """Accepts ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` when it matches a configured key."""
+    """Accepts ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (Anthropic's clients) matching a key.
+
+    A refusal is a 401 in the envelope of the route asked (OpenAI's, or Anthropic's on its routes).
+    """
 
     def __init__(self, app: ASGIApp, *, keys: list[str]) -> None:
         self.app = app
@@ -43,5 +46,5 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         message = "Incorrect API key provided." if key else "You didn't provide an API key."
-        response = error_response(AuthenticationFailed(message))
+        response = response_for(scope, AuthenticationFailed(message))
         await response(scope, receive, send)

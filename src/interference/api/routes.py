@@ -12,9 +12,17 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ResponseRequest
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    ResponseRequest,
+)
 from .cancellation import with_cancellation
 from .errors import validation_error
+from .models import model_card, model_list
 from .state import AppState
 
 __all__ = ["api_router", "health_router"]
@@ -62,14 +70,26 @@ async def responses(request: Request) -> Response:
     return await with_cancellation(request, _state(request).responses.create(body))
 
 
+@api_router.post("/messages")
+async def messages(request: Request) -> Response:
+    body = await _parse(request, MessagesRequest)
+    return await with_cancellation(request, _state(request).messages.create(body))
+
+
+@api_router.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    body = await _parse(request, CountTokensRequest)
+    return await with_cancellation(request, _state(request).messages.count_tokens(body))
+
+
 @api_router.get("/models")
 async def list_models(request: Request) -> Response:
-    return JSONResponse(ModelList(data=_state(request).router.cards()).model_dump())
+    return JSONResponse(model_list(request, _state(request).router.cards()))
 
 
 @api_router.get("/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
-    return JSONResponse(_state(request).router.card(model_id).model_dump())
+    return JSONResponse(model_card(request, _state(request).router.card(model_id)))
 
 
 @health_router.get("/health")

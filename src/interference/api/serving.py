@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
@@ -16,8 +16,10 @@ __all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
+ItemT = TypeVar("ItemT")
 
-async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
+
+async def open_stream(stream: AsyncIterator[ItemT]) -> tuple[ItemT | None, AsyncIterator[ItemT]]:
     """Wait for the first delta, so validation, routing and admission errors surface before any byte."""
     try:
         first = await anext(stream)
@@ -29,7 +31,7 @@ async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, Async
     return first, stream
 
 
-async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+async def iter_all(first: ItemT | None, stream: AsyncIterator[ItemT]) -> AsyncIterator[ItemT]:
     if first is not None:
         yield first
     async for delta in stream:
@@ -76,6 +78,7 @@ class Folded:
         default_factory=dict
     )  # choice -> call index -> call
     logprobs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stop_sequences: dict[int, str] = field(default_factory=dict)
     tally: UsageTally = field(default_factory=UsageTally)
 
     def text(self, index: int) -> str:
@@ -127,6 +130,8 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
                 out.texts.setdefault(delta.index, []).append(delta.text)
             if delta.finish_reason is not None:
                 out.finish[delta.index] = delta.finish_reason
+            if delta.stop_sequence is not None:
+                out.stop_sequences[delta.index] = delta.stop_sequence
             if delta.tool_calls:
                 out.add_tool_calls(delta.index, delta.tool_calls)
             if delta.logprobs:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import EngineOptions, LocalDeployment, OpenAIDeployment, Settings
+from ..config import AnthropicDeployment, EngineOptions, LocalDeployment, Settings, UpstreamDeployment
 from ..engine import Engine, EngineConfig, embedded_model_path, model_id_for
 from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
 from ..router import Deployment, Route
@@ -53,17 +53,20 @@ class _Shared:
     pool: UpstreamPool | None = None
 
 
-def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared) -> Provider:
+def _provider(deployment: LocalDeployment | UpstreamDeployment, shared: _Shared) -> Provider:
     if isinstance(deployment, LocalDeployment):
         key = str(deployment.path)
         if key not in shared.engines:
             engine = load_engine(deployment.path, deployment, cpu=shared.cpu)
             shared.engines[key] = LocalProvider(engine, name=f"local:{model_id_for(engine.info.path)}")
         return shared.engines[key]
-    from .upstream import UpstreamPool, UpstreamProvider  # only gateway configs need httpx machinery
+    from .anthropic import AnthropicProvider  # only gateway configs need httpx machinery
+    from .upstream import UpstreamPool, UpstreamProvider
 
     if shared.pool is None:
         shared.pool = UpstreamPool()
+    if isinstance(deployment, AnthropicDeployment):
+        return AnthropicProvider(deployment, pool=shared.pool)
     return UpstreamProvider(deployment, pool=shared.pool)
 
 
@@ -75,7 +78,7 @@ def build_routes(settings: Settings) -> list[Route]:
         deployments = []
         for d in entry.deployments:
             provider = _provider(d, shared)
-            upstream_name = d.model if isinstance(d, OpenAIDeployment) and d.model else entry.name
+            upstream_name = d.model if isinstance(d, UpstreamDeployment) and d.model else entry.name
             deployments.append(Deployment(provider=provider, model=upstream_name, weight=d.weight))
         routes.append(
             Route(
