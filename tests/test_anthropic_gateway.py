@@ -202,22 +202,23 @@ def test_a_torn_native_stream_ends_with_an_error_event(gw: Gateway) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "kind", "exception"),
+    ("status", "seen", "kind", "exception"),
     [
-        (400, "invalid_request_error", anthropic.BadRequestError),
-        (403, "permission_error", anthropic.PermissionDeniedError),
-        (413, "request_too_large", anthropic.APIStatusError),
-        (429, "rate_limit_error", anthropic.RateLimitError),
-        (500, "api_error", anthropic.InternalServerError),
-        (529, "overloaded_error", anthropic.APIStatusError),
+        (400, 400, "invalid_request_error", anthropic.BadRequestError),
+        # The upstream refused the gateway's own key, not the client's: a gateway failure (502).
+        (403, 502, "api_error", anthropic.InternalServerError),
+        (413, 413, "request_too_large", anthropic.APIStatusError),
+        (429, 429, "rate_limit_error", anthropic.RateLimitError),
+        (500, 500, "api_error", anthropic.InternalServerError),
+        (529, 529, "overloaded_error", anthropic.APIStatusError),
     ],
 )
 def test_upstream_error_statuses_reach_claude_clients(
-    gw: Gateway, status: int, kind: str, exception: type[anthropic.APIStatusError]
+    gw: Gateway, status: int, seen: int, kind: str, exception: type[anthropic.APIStatusError]
 ) -> None:
     with pytest.raises(exception) as caught:
         gw.claude().messages.create(model=f"claude-e{status}", max_tokens=5, messages=HI)
-    assert caught.value.status_code == status
+    assert caught.value.status_code == seen
     assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == kind  # type: ignore[index]
     if status == 429:
         assert int(caught.value.response.headers["retry-after"]) >= 1
@@ -338,9 +339,13 @@ def test_openai_tool_calls_by_translation(gw: Gateway, stream: bool) -> None:
 
 
 def test_openai_errors_from_an_anthropic_upstream_keep_openai_envelope(gw: Gateway) -> None:
-    with pytest.raises(openai.PermissionDeniedError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.openai().chat.completions.create(model="claude-e400", messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 400 and "fake anthropic says 400" in caught.value.message
+    assert caught.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(openai.InternalServerError) as refused:
         gw.openai().chat.completions.create(model="claude-e403", messages=[{"role": "user", "content": "Hi"}])
-    assert caught.value.status_code == 403 and "fake anthropic says 403" in caught.value.message
+    assert refused.value.status_code == 502 and "(403)" in refused.value.message
     with pytest.raises(openai.BadRequestError):
         gw.openai().completions.create(model="claude-native", prompt="Hi")
 

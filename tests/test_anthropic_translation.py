@@ -220,3 +220,26 @@ def test_stop_matcher_reports_the_first_match() -> None:
     assert matcher.feed("ello") == ""
     assert matcher.stopped and matcher.matched == "el"
     assert StopMatcher(["zz"]).matched is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (503, "api_error"),
+        (529, "overloaded_error"),
+    ],
+)
+def test_each_status_has_anthropic_s_error_type(status: int, kind: str) -> None:
+    from interference.api.errors import anthropic_error_body
+    from interference.errors import InterferenceError
+
+    exc = InterferenceError("no")
+    exc.status = status
+    assert anthropic_error_body(exc) == {"type": "error", "error": {"type": kind, "message": "no"}}
