@@ -12,7 +12,8 @@ from ..protocol import ChatCompletionRequest, new_id
 from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
-from .serving import fold, open_stream, sse_frames, usage_dict
+from .request_log import RequestRecord
+from .serving import fold, open_stream, recorded, sse_frames, usage_dict
 
 __all__ = ["ChatServing"]
 
@@ -21,8 +22,10 @@ class ChatServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: ChatCompletionRequest) -> Response:
-        first, stream = await open_stream(self._router.chat(request))
+    async def create(
+        self, request: ChatCompletionRequest, *, record: RequestRecord | None = None
+    ) -> Response:
+        first, stream = await open_stream(recorded(self._router.chat(request), record))
         cid, created, model = new_id("chatcmpl"), int(time.time()), request.model
         if not request.stream:
             folded = await fold(first, stream)

@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InterferenceError, InvalidRequest, NotFound, Overloaded
 from ..protocol import ErrorBody, ErrorResponse, ParamError
+from .request_log import HEADER as REQUEST_ID_HEADER
+from .request_log import record_of
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "validation_error"]
 
@@ -102,7 +104,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(InterferenceError("The server had an error while processing your request."))
+    response = error_response(InterferenceError("The server had an error while processing your request."))
+    # This handler answers outside every middleware, so the request id is added here.
+    record = record_of(request)
+    if record is not None:
+        response.headers[REQUEST_ID_HEADER] = record.id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -27,7 +27,8 @@ from ..providers.base import Delta, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse
 from .errors import error_body
-from .serving import UsageTally, fold, iter_all, open_stream
+from .request_log import RequestRecord
+from .serving import UsageTally, fold, iter_all, open_stream, recorded
 
 __all__ = ["ResponseServing"]
 
@@ -41,12 +42,12 @@ class ResponseServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: ResponseRequest) -> Response:
+    async def create(self, request: ResponseRequest, *, record: RequestRecord | None = None) -> Response:
         refused = request.unsupported
         if refused is not None:
             param, why = refused
             raise UnsupportedParameter(why, param=param)
-        first, stream = await open_stream(self._router.chat(_chat_request(request)))
+        first, stream = await open_stream(recorded(self._router.chat(_chat_request(request)), record))
         draft = _Draft(request)
         if not request.stream:
             folded = await fold(first, stream)

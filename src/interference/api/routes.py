@@ -17,6 +17,7 @@ from ..protocol import EmbeddingRequest
 from ..protocol import ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
+from .request_log import RequestRecord, record_of
 from .state import AppState
 
 __all__ = ["api_router", "health_router"]
@@ -35,6 +36,13 @@ async def _parse(request: Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
+def _record(request: Request, model: str) -> RequestRecord | None:
+    record = record_of(request)
+    if record is not None:
+        record.model = model
+    return record
+
+
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.interference
     return state
@@ -43,25 +51,33 @@ def _state(request: Request) -> AppState:
 @api_router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
-    return await with_cancellation(request, _state(request).chat.create(body))
+    return await with_cancellation(
+        request, _state(request).chat.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/completions")
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
-    return await with_cancellation(request, _state(request).completions.create(body))
+    return await with_cancellation(
+        request, _state(request).completions.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/embeddings")
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
-    return await with_cancellation(request, _state(request).embeddings.create(body))
+    return await with_cancellation(
+        request, _state(request).embeddings.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/responses")
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
-    return await with_cancellation(request, _state(request).responses.create(body))
+    return await with_cancellation(
+        request, _state(request).responses.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.get("/models")

@@ -11,8 +11,9 @@ from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
+from .request_log import RequestRecord
 
-__all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
+__all__ = ["Folded", "UsageTally", "open_stream", "recorded", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,24 @@ async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, Async
         await aclose_stream(stream)
         raise
     return first, stream
+
+
+def recorded(stream: AsyncIterator[Delta], record: RequestRecord | None) -> AsyncIterator[Delta]:
+    """``stream``, noting on the access-log record when output began and how many tokens it used."""
+    return stream if record is None else _recorded(stream, record)
+
+
+async def _recorded(stream: AsyncIterator[Delta], record: RequestRecord) -> AsyncIterator[Delta]:
+    tally = UsageTally()
+    try:
+        async for delta in stream:
+            record.first_output()
+            if delta.usage is not None:
+                tally.add(delta.usage)
+                record.usage = tally.usage
+            yield delta
+    finally:
+        await aclose_stream(stream)
 
 
 async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
