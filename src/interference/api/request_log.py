@@ -64,6 +64,17 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _route_of(scope: Scope) -> str:
+    """The matched route's template with its mount prefix (``/v1/models/{model_id:path}``), else the path."""
+    path: str = scope["path"]
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str) or not template:
+        return path
+    # FastAPI may hand over the included router's own route, without the prefix it was mounted under.
+    at = path.find(template.split("{", 1)[0])
+    return path[:at] + template if at > 0 else template
+
+
 class RequestIdMiddleware:
     """Adds ``x-request-id`` to every HTTP response and writes the access log (unless ``log`` is off)."""
 
@@ -96,8 +107,7 @@ class RequestIdMiddleware:
                 self._write(scope, record, status)
 
     def _write(self, scope: Scope, record: RequestRecord, status: int) -> None:
-        route = scope.get("route")
-        path = getattr(route, "path", None) or scope["path"]
+        path = _route_of(scope)
         duration = time.perf_counter() - record.started
         usage = record.usage
         if self._format == "json":
