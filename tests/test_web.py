@@ -62,6 +62,7 @@ def web(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     path = chromium_path()
+    expect.set_options(timeout=60_000)  # the machine may be busy: a first token can take seconds
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
         yield b
