@@ -6,6 +6,7 @@ and markdown. Auth is on, so the page has to send the key typed into its setting
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -282,3 +283,41 @@ def test_narrow_viewport(web: RunningServer, browser: Browser, tmp_path: Path) -
     no_horizontal_scroll()
     page.screenshot(path=str(tmp_path / "narrow-sidebar.png"))
     context.close()
+
+
+def test_keys_and_errors_in_plain_words(web: RunningServer, page: Page) -> None:
+    # The browser answers in the server's place: a busy server is hard to make on purpose.
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=429,
+            headers={"Retry-After": "7", "Content-Type": "application/json"},
+            body=json.dumps(
+                {"error": {"message": "busy", "type": "server_busy", "param": None, "code": None}}
+            ),
+        ),
+    )
+    _open(page, web)
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    expect(box).to_have_value("line one\nline two")  # Shift+Enter is a new line, nothing was sent
+    expect(page.get_by_role("log").locator("[data-role=user]")).to_have_count(0)
+    box.press("Enter")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Server busy, retry in 7 s")
+    expect(page.get_by_role("log").locator("[data-role=user]")).to_have_text(["line one\nline two"])
+    expect(_answers(page)).to_have_count(0)  # no empty answer is kept
+    page.wait_for_timeout(500)
+    expect(alert).to_be_visible()  # it stays until dismissed
+    page.get_by_role("button", name="Dismiss error").click()
+    expect(alert).to_be_hidden()
+    _send(page, "again")
+    expect(alert).to_contain_text("retry in 7 s")
+    page.unroute("**/v1/chat/completions")
+    page.get_by_role("button", name="Settings").click()
+    page.get_by_label("Max tokens").fill("2")
+    _send(page, "and now for real")
+    expect(alert).to_be_hidden()  # the next send clears it
+    _wait_done(page)
