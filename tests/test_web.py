@@ -280,6 +280,7 @@ def test_narrow_viewport(web: RunningServer, browser: Browser, tmp_path: Path) -
     page.screenshot(path=str(tmp_path / "narrow.png"))
     page.get_by_role("button", name="Show conversations").click()
     expect(page.get_by_role("button", name="New chat")).to_be_in_viewport()
+    page.wait_for_timeout(300)  # the drawer slides in
     no_horizontal_scroll()
     page.screenshot(path=str(tmp_path / "narrow-sidebar.png"))
     context.close()

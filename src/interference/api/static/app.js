@@ -43,11 +43,16 @@ function store(key, value) {
 }
 
 const state = {
-  conversations: load(STORE.conversations, []),
+  conversations: load(STORE.conversations, []).filter((c) => c && Array.isArray(c.messages)),
   currentId: load(STORE.current, null),
   settings: load(STORE.settings, {}),
   controller: null,
 };
+
+// A reload during a stream leaves an empty answer behind: drop it.
+for (const conv of state.conversations) {
+  conv.messages = conv.messages.filter((m) => m.role === "user" || m.content);
+}
 
 function current() {
   return state.conversations.find((c) => c.id === state.currentId) || null;
@@ -352,8 +357,13 @@ async function* events(response) {
 
 async function send() {
   const text = ui.message.value;
-  if (!text.trim() || state.controller || !ui.model.value) return;
+  if (!text.trim() || state.controller) return;
   clearError();
+  if (!ui.model.value) {
+    showError("No model to talk to yet: the model list did not load. Is the API key under Settings right?");
+    loadModels();
+    return;
+  }
   saveSettings();
   let conv = current();
   if (!conv) {
@@ -410,6 +420,7 @@ async function send() {
   } catch (err) {
     if (err.name === "AbortError") answer.stopped = true;
     else if (err instanceof TypeError) showError("Cannot reach the server. Is it running?");
+    else if (err instanceof SyntaxError) showError("The server's answer was not a valid event stream.");
     else showError(err.message);
   } finally {
     const tokens = usage ? usage.completion_tokens : chunks;
