@@ -13,7 +13,7 @@ from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
 from .request_log import RequestRecord
-from .serving import fold, open_stream, recorded, sse_frames, usage_dict
+from .serving import fold, open_stream, sse_frames, usage_dict
 
 __all__ = ["ChatServing"]
 
@@ -25,10 +25,10 @@ class ChatServing:
     async def create(
         self, request: ChatCompletionRequest, *, record: RequestRecord | None = None
     ) -> Response:
-        first, stream = await open_stream(recorded(self._router.chat(request), record))
+        first, stream = await open_stream(self._router.chat(request), record)
         cid, created, model = new_id("chatcmpl"), int(time.time()), request.model
         if not request.stream:
-            folded = await fold(first, stream)
+            folded = await fold(first, stream, record)
             choices = [
                 {
                     "index": i,
@@ -106,6 +106,7 @@ class ChatServing:
             chunks=chunks,
             openings=roles,
             usage_chunk=usage_chunk if request.include_usage else None,
+            record=record,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 

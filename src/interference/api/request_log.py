@@ -9,15 +9,14 @@ response is over, as text or as one JSON object.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +27,7 @@ __all__ = ["HEADER", "RequestIdMiddleware", "RequestRecord", "record_of"]
 access_logger = logging.getLogger("interference.access")
 
 HEADER = "x-request-id"
+_HEADER_BYTES = HEADER.encode()
 _STATE_KEY = "interference_request"
 # A client's id is echoed only when it is short and printable, so it cannot forge log lines.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -61,7 +61,7 @@ def _request_id(scope: Scope) -> str:
             if _CLIENT_ID.fullmatch(given):
                 return given
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _route_of(scope: Scope) -> str:
@@ -97,7 +97,7 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = record.id
+                message["headers"] = [*message.get("headers", ()), (_HEADER_BYTES, record.id.encode())]
             await send(message)
 
         try:

@@ -13,13 +13,18 @@ from . import sse
 from .errors import error_body
 from .request_log import RequestRecord
 
-__all__ = ["Folded", "UsageTally", "open_stream", "recorded", "sse_frames", "usage_dict"]
+__all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
 
-async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
-    """Wait for the first delta, so validation, routing and admission errors surface before any byte."""
+async def open_stream(
+    stream: AsyncIterator[Delta], record: RequestRecord | None = None
+) -> tuple[Delta | None, AsyncIterator[Delta]]:
+    """Wait for the first delta, so validation, routing and admission errors surface before any byte.
+
+    Its arrival is the time to first token that the access log reports.
+    """
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -27,25 +32,9 @@ async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, Async
     except BaseException:
         await aclose_stream(stream)
         raise
+    if record is not None:
+        record.first_output()
     return first, stream
-
-
-def recorded(stream: AsyncIterator[Delta], record: RequestRecord | None) -> AsyncIterator[Delta]:
-    """``stream``, noting on the access-log record when output began and how many tokens it used."""
-    return stream if record is None else _recorded(stream, record)
-
-
-async def _recorded(stream: AsyncIterator[Delta], record: RequestRecord) -> AsyncIterator[Delta]:
-    tally = UsageTally()
-    try:
-        async for delta in stream:
-            record.first_output()
-            if delta.usage is not None:
-                tally.add(delta.usage)
-                record.usage = tally.usage
-            yield delta
-    finally:
-        await aclose_stream(stream)
 
 
 async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -138,7 +127,9 @@ class Folded:
         return self.tally.usage
 
 
-async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
+async def fold(
+    first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+) -> Folded:
     out = Folded()
     try:
         async for delta in iter_all(first, stream):
@@ -153,6 +144,8 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
             out.tally.add(delta.usage)
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = out.usage
     return out
 
 
@@ -163,6 +156,7 @@ async def sse_frames(
     chunks: Callable[[Delta], list[dict[str, Any]]],
     openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+    record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
@@ -188,4 +182,6 @@ async def sse_frames(
         )
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = tally.usage
     yield sse.DONE
