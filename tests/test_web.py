@@ -322,3 +322,38 @@ def test_keys_and_errors_in_plain_words(web: RunningServer, page: Page) -> None:
     _send(page, "and now for real")
     expect(alert).to_be_hidden()  # the next send clears it
     _wait_done(page)
+
+
+HOSTILE = [
+    "[click](javascript:alert(1))",
+    "[x](data:text/html,<script>alert(1)</script>)",
+    "<a href=javascript:alert(1)>a</a> <iframe src=x></iframe> <svg onload=alert(1)>",
+    "```\n</code></pre><img src=x onerror=alert(1)>\n```",
+    "**<b onmouseover=alert(1)>b</b>** _<i>i</i>_ `<u>u</u>` > <style>*{}</style>",
+    "# <h1>t</h1>\n- <li>x</li>\n1. [ok](https://example.com/a?b=<c>)",
+]
+
+
+def test_markdown_builds_only_safe_elements(web: RunningServer, page: Page) -> None:
+    _open(page, web)
+    found = page.evaluate(
+        """(inputs) => inputs.map((text) => {
+            const box = document.createElement("div");
+            box.appendChild(window.renderMarkdown(text));
+            return {
+                text: box.textContent,
+                tags: [...box.querySelectorAll("*")].map((e) => e.tagName.toLowerCase()),
+                attrs: [...box.querySelectorAll("*")].flatMap((e) => [...e.attributes].map((a) => a.name)),
+                hrefs: [...box.querySelectorAll("a")].map((a) => a.href),
+            };
+        })""",
+        HOSTILE,
+    )
+    allowed_tags = {"p", "br", "strong", "em", "code", "pre", "div", "span", "button", "a", "ul", "ol", "li"}
+    allowed_tags |= {"blockquote", "hr", "h3", "h4", "h5", "h6"}
+    for text, out in zip(HOSTILE, found, strict=True):
+        assert set(out["tags"]) <= allowed_tags, (text, out["tags"])
+        assert set(out["attrs"]) <= {"class", "type", "aria-label", "href", "rel", "target", "start"}, out
+        assert all(href.startswith("https://") for href in out["hrefs"]), out["hrefs"]
+    assert "<img src=x onerror=alert(1)>" in found[3]["text"]  # a fence cannot be closed by HTML
+    assert found[5]["hrefs"] == ["https://example.com/a?b=%3Cc%3E"]

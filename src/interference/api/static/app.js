@@ -382,6 +382,7 @@ async function send() {
   renderList();
   renderTranscript();
   const wrap = ui.transcript.lastElementChild;
+  wrap.setAttribute("aria-busy", "true"); // screen readers read the answer once, when it is whole
 
   const controller = new AbortController();
   state.controller = controller;
@@ -430,6 +431,7 @@ async function send() {
     if (!answer.content && !answer.stopped) conv.messages.pop();
     conv.updated = Date.now();
     state.controller = null;
+    wrap.removeAttribute("aria-busy");
     setBusy(false);
     saveConversations();
     if (state.currentId === conv.id && wrap.isConnected) {
