@@ -114,7 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="require this key (repeatable; default: no auth)",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_const",
+        const=False,
+        help="do not log each request",
+    )
+    serve.add_argument("--log-format", choices=["text", "json"], help="access log format (default: text)")
+    serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages from this origin call the API ('*' for any; repeatable; default: none)",
+    )
     _common_flags(serve)
     _engine_flags(serve)
 
@@ -145,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
     "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model",
+    "embedding_model", "log_format", "access_log", "cors_origins",
 )  # fmt: skip
 
 
@@ -185,8 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", stream=sys.stderr)
+    if log_format == "json":
+        # One JSON object per line, with nothing before it, so log shippers can parse each line.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("interference.access")
+        access.addHandler(handler)
+        access.propagate = False
     if level != "debug":
         # httpx logs every upstream call at INFO: one line per request, beside our access log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -205,7 +226,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -227,7 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        access_log=not args.no_access_log,
+        access_log=False,  # ours (api/request_log.py) replaces uvicorn's: it has the request id
         timeout_graceful_shutdown=5,
         log_config=None,
     )

@@ -135,6 +135,11 @@ class Settings(EngineOptions):
     api_keys: tuple[SecretStr, ...] = ()
     models: tuple[ModelEntry, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The access log: one line per request, as text or as one JSON object; access_log False turns it off.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+    # Origins whose pages may call the API from a browser ("*" for any); none sends no CORS headers.
+    cors_origins: tuple[str, ...] = ()
     # Local embeddings for /v1/embeddings: on by default with the bundled all-MiniLM-L6-v2;
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
     embeddings: bool = True
@@ -163,10 +168,13 @@ _ENV_KEYS = {
     "API_KEYS": "api_keys",
     "API_KEY": "api_keys",
     "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "ACCESS_LOG": "access_log",
+    "CORS_ORIGINS": "cors_origins",
     "EMBEDDINGS": "embeddings",
     "EMBEDDING_MODEL": "embedding_model",
 }
-_LIST_KEYS = {"aliases", "api_keys"}
+_LIST_KEYS = {"aliases", "api_keys", "cors_origins"}
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -97,6 +97,14 @@ class Route:
     strategy: Literal["round_robin", "least_outstanding"] = "round_robin"
     cooldown: float = 30.0
     created: int = field(default_factory=lambda: int(time.time()))
+    kind: Literal["chat", "embedding"] = "chat"
+    is_default: bool = False  # the server's default model (the one the chat page preselects)
+
+    def card(self, name: str) -> ModelCard:
+        """The model card of this route under one of its names; only its own name is the default."""
+        return ModelCard(
+            id=name, created=self.created, kind=self.kind, default=self.is_default and name == self.name
+        )
 
     def ordered(self, now: float) -> list[Deployment]:
         """Deployments to try, best first; those cooling down come last, soonest to recover first."""
@@ -159,15 +167,12 @@ class Router:
     def cards(self) -> list[ModelCard]:
         cards: list[ModelCard] = []
         for route in self._routes:
-            cards.append(ModelCard(id=route.name, created=route.created))
-            cards.extend(
-                ModelCard(id=a, created=route.created) for a in route.aliases if self._by_name[a] is route
-            )
+            cards.append(route.card(route.name))
+            cards.extend(route.card(a) for a in route.aliases if self._by_name[a] is route)
         return cards
 
     def card(self, name: str) -> ModelCard:
-        route = self.resolve(name)
-        return ModelCard(id=name, created=route.created)
+        return self.resolve(name).card(name)
 
     def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Delta]:
         return self._open(request.model, lambda p, m: p.chat(request, model=m))

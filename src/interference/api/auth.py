@@ -12,12 +12,18 @@ from .errors import response_for
 
 __all__ = ["ApiKeyMiddleware"]
 
-# Paths any caller may reach: probes and metrics scrapers carry no key.
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+# Paths any caller may reach: probes and metrics scrapers carry no key, and the chat page is public
+# (its API calls carry the key the person typed in).
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/"})
+PUBLIC_PREFIXES = ("/static/",)
 
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 class ApiKeyMiddleware:
@@ -31,7 +37,7 @@ class ApiKeyMiddleware:
         self._digests = [_digest(k) for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

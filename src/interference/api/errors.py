@@ -21,6 +21,8 @@ from starlette.types import Scope
 
 from ..errors import InterferenceError, InvalidRequest, NotFound
 from ..protocol import ErrorBody, ErrorResponse, ParamError
+from .request_log import HEADER as REQUEST_ID_HEADER
+from .request_log import record_of
 
 __all__ = [
     "anthropic_error_body",
@@ -158,9 +160,14 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return response_for(
+    response = response_for(
         request.scope, InterferenceError("The server had an error while processing your request.")
     )
+    # This handler answers outside every middleware, so the request id is added here.
+    record = record_of(request)
+    if record is not None:
+        response.headers[REQUEST_ID_HEADER] = record.id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

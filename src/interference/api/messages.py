@@ -29,6 +29,7 @@ from ..providers.base import Delta, MessageEvent, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse
 from .errors import anthropic_error_body
+from .request_log import RequestRecord
 from .serving import UsageTally, fold, iter_all, open_stream
 
 __all__ = ["MessagesServing"]
@@ -42,8 +43,8 @@ class MessagesServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: MessagesRequest) -> Response:
-        first, stream = await open_stream(self._router.messages(request))
+    async def create(self, request: MessagesRequest, *, record: RequestRecord | None = None) -> Response:
+        first, stream = await open_stream(self._router.messages(request), record)
         if isinstance(first, MessageEvent):
             if not request.stream:
                 await aclose_stream(stream)
@@ -52,11 +53,11 @@ class MessagesServing:
         deltas = cast(AsyncIterator[Delta], stream)
         draft = _Draft(request.model)
         if not request.stream:
-            folded = await fold(first, deltas)
+            folded = await fold(first, deltas, record)
             blocks = draft.blocks(folded.text(0), folded.calls(0))
             reason = stop_reason(folded.finish.get(0), folded.stop_sequences.get(0))
             return JSONResponse(draft.message(blocks, reason, folded.stop_sequences.get(0), folded.usage))
-        return _streaming(draft.events(first, deltas))
+        return _streaming(draft.events(first, deltas, record))
 
     async def count_tokens(self, request: CountTokensRequest) -> Response:
         return JSONResponse({"input_tokens": await self._router.count_tokens(request)})
@@ -141,7 +142,9 @@ class _Draft:
             "usage": _usage(usage),
         }
 
-    async def events(self, first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    async def events(
+        self, first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+    ) -> AsyncIterator[bytes]:
         def event(kind: str, **payload: Any) -> bytes:
             return sse.encode_event(kind, {"type": kind, **payload})
 
@@ -195,6 +198,8 @@ class _Draft:
             stop = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
             yield event("message_delta", delta=stop, usage=_usage(tally.usage))
             yield event("message_stop")
+            if record is not None:
+                record.usage = tally.usage
         except Exception as exc:
             yield _error_event(exc)
         finally:

@@ -11,6 +11,7 @@ from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
+from .request_log import RequestRecord
 
 __all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
@@ -19,8 +20,13 @@ logger = logging.getLogger(__name__)
 ItemT = TypeVar("ItemT")
 
 
-async def open_stream(stream: AsyncIterator[ItemT]) -> tuple[ItemT | None, AsyncIterator[ItemT]]:
-    """Wait for the first delta, so validation, routing and admission errors surface before any byte."""
+async def open_stream(
+    stream: AsyncIterator[ItemT], record: RequestRecord | None = None
+) -> tuple[ItemT | None, AsyncIterator[ItemT]]:
+    """Wait for the first delta, so validation, routing and admission errors surface before any byte.
+
+    Its arrival is the time to first token that the access log reports.
+    """
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -28,6 +34,8 @@ async def open_stream(stream: AsyncIterator[ItemT]) -> tuple[ItemT | None, Async
     except BaseException:
         await aclose_stream(stream)
         raise
+    if record is not None:
+        record.first_output()
     return first, stream
 
 
@@ -122,7 +130,9 @@ class Folded:
         return self.tally.usage
 
 
-async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
+async def fold(
+    first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+) -> Folded:
     out = Folded()
     try:
         async for delta in iter_all(first, stream):
@@ -139,6 +149,8 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
             out.tally.add(delta.usage)
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = out.usage
     return out
 
 
@@ -149,6 +161,7 @@ async def sse_frames(
     chunks: Callable[[Delta], list[dict[str, Any]]],
     openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+    record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
@@ -174,4 +187,6 @@ async def sse_frames(
         )
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = tally.usage
     yield sse.DONE

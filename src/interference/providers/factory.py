@@ -93,9 +93,18 @@ def build_routes(settings: Settings) -> list[Route]:
     provider = _provider(default, shared)
     assert isinstance(provider, LocalProvider)
     name = settings.model_name or model_id_for(provider.engine.info.path)
-    routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
+    routes.append(
+        Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases, is_default=True)
+    )
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
         deployment = Deployment(embedder, embedder.model_name)
-        routes.append(Route(name=embedder.model_name, deployments=[deployment], aliases=EMBEDDING_ALIASES))
+        routes.append(
+            Route(
+                name=embedder.model_name,
+                deployments=[deployment],
+                aliases=EMBEDDING_ALIASES,
+                kind="embedding",
+            )
+        )
     return routes
