@@ -53,6 +53,7 @@ class FakeUpstream:
     keys: list[str | None] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     streams_closed_early: int = 0
+    has_tokenize: bool = False  # answer vLLM's /tokenize (at the root) with the prompt's usage count
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -72,6 +73,7 @@ class FakeUpstream:
             routes=[
                 Route("/v1/chat/completions", self._handle, methods=["POST"]),
                 Route("/v1/completions", self._handle, methods=["POST"]),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
@@ -123,6 +125,12 @@ class FakeUpstream:
                 self._events(body, is_chat=is_chat, mode=mode), media_type="text/event-stream"
             )
         return JSONResponse(self._whole(body, is_chat=is_chat, mode=mode))
+
+    async def _tokenize(self, request: Request) -> Response:
+        if not self.has_tokenize:
+            return Response(b'{"detail": "Not Found"}', status_code=404, media_type="application/json")
+        self.bodies.append(orjson.loads(await request.body()))
+        return JSONResponse({"count": _usage(0)["prompt_tokens"], "max_model_len": 4096, "tokens": []})
 
     def _whole(self, body: dict[str, Any], *, is_chat: bool, mode: str) -> dict[str, Any]:
         text = "".join(self.pieces)

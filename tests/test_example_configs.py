@@ -12,12 +12,25 @@ import pytest
 from interference.cli import main
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml"))
-KEY_VARS = {"VLLM_API_KEY": "sk-vllm-test", "OPENAI_API_KEY": "sk-openai-test"}
+KEY_VARS = {
+    "VLLM_API_KEY": "sk-vllm-test",
+    "OPENAI_API_KEY": "sk-openai-test",
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+}
 
 
 def test_there_are_examples_for_every_kind_of_upstream() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"vllm", "ollama", "llama-server", "openai", "mix", "vllm-cluster", "ray-serve"} <= names
+    assert {
+        "vllm",
+        "ollama",
+        "llama-server",
+        "openai",
+        "mix",
+        "vllm-cluster",
+        "ray-serve",
+        "anthropic",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -30,7 +43,7 @@ def test_example_loads(
     out = capsys.readouterr().out
     for entry in tomllib.loads(path.read_text()).get("models", []):
         assert f"{entry['name']}  ->" in out
-    assert "sk-vllm-test" not in out and "sk-openai-test" not in out
+    assert not any(key in out for key in KEY_VARS.values())
 
 
 def _write(tmp_path: Path, text: str) -> Path:

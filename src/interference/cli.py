@@ -79,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the OpenAI API at /v1/... and at the root.",
     )
     serve.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
-    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     _setting_flags(serve, server=True)
 
     models = sub.add_parser("models", help="list the models (and aliases) that serve would offer")
@@ -142,8 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", stream=sys.stderr)
+    if log_format == "json":
+        # One JSON object per line, with nothing before it, so log shippers can parse each line.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("interference.access")
+        access.addHandler(handler)
+        access.propagate = False
     if level != "debug":
         # httpx logs every upstream call at INFO: one line per request, beside our access log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -162,7 +168,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -184,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        access_log=not args.no_access_log,
+        access_log=False,  # ours (api/request_log.py) replaces uvicorn's: it has the request id
         timeout_graceful_shutdown=5,
         log_config=None,
     )

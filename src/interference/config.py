@@ -33,7 +33,9 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "CLAUDE_ALIASES",
     "DEFAULT_ALIASES",
+    "AnthropicDeployment",
     "ConfigError",
     "EngineOptions",
     "Flag",
@@ -41,12 +43,24 @@ __all__ = [
     "ModelEntry",
     "OpenAIDeployment",
     "Settings",
+    "UpstreamDeployment",
     "load_settings",
     "setting_flags",
 ]
 
 ENV_PREFIX = "INTERFERENCE_"
-DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini")
+OPENAI_ALIASES = ("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini")
+# The ids Claude clients (Claude Code, the anthropic SDK's examples) send unless told otherwise.
+CLAUDE_ALIASES = (
+    "claude-sonnet-5",
+    "claude-sonnet-4-6",
+    "claude-opus-4-6",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+)
+DEFAULT_ALIASES = OPENAI_ALIASES + CLAUDE_ALIASES
 
 
 class ConfigError(Exception):
@@ -146,10 +160,9 @@ class LocalDeployment(EngineOptions):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
-class OpenAIDeployment(_Frozen):
-    """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
+class UpstreamDeployment(_Frozen):
+    """What every HTTP upstream has: where it is, its name for the model, its key, its timeouts."""
 
-    type: Literal["openai"] = "openai"
     base_url: str
     model: str | None = None
     api_key: SecretStr | None = None
@@ -173,7 +186,20 @@ class OpenAIDeployment(_Frozen):
         return v
 
 
-Deployment = Annotated[LocalDeployment | OpenAIDeployment, Field(discriminator="type")]
+class OpenAIDeployment(UpstreamDeployment):
+    """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
+
+    type: Literal["openai"] = "openai"
+
+
+class AnthropicDeployment(UpstreamDeployment):
+    """An upstream that speaks Anthropic's Messages API (Anthropic itself, or a compatible server)."""
+
+    type: Literal["anthropic"] = "anthropic"
+    anthropic_version: str = "2023-06-01"
+
+
+Deployment = Annotated[LocalDeployment | OpenAIDeployment | AnthropicDeployment, Field(discriminator="type")]
 
 
 class ModelEntry(_Frozen):
@@ -241,6 +267,22 @@ class Settings(BaseSettings, EngineOptions):
         Literal["debug", "info", "warning", "error"],
         flag("--log-level", group="server", help="log verbosity (default: info)"),
     ] = "info"
+    # The access log: one line per request, as text or as one JSON object; access_log False turns it off.
+    log_format: Annotated[
+        Literal["text", "json"],
+        flag("--log-format", group="server", help="access log format (default: text)"),
+    ] = "text"
+    access_log: Annotated[
+        bool, flag("--no-access-log", action="false", group="server", help="do not log each request")
+    ] = True
+    # Origins whose pages may call the API from a browser ("*" for any); none sends no CORS headers.
+    cors_origins: Annotated[
+        CommaList,
+        flag(
+            "--cors-origin", action="append", group="server", metavar="ORIGIN",
+            help="let pages from this origin call the API ('*' for any; repeatable; default: none)",
+        ),
+    ] = ()  # fmt: skip
     # Local embeddings for /v1/embeddings: on by default with the bundled all-MiniLM-L6-v2;
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
     embeddings: Annotated[
@@ -300,6 +342,18 @@ class Settings(BaseSettings, EngineOptions):
     @property
     def engine_options(self) -> EngineOptions:
         return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.model_fields})
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``Settings(...)`` takes only its arguments; ``load_settings`` adds the environment and file."""
+        return (init_settings,)
 
 
 def setting_flags() -> dict[str, Flag]:
@@ -361,7 +415,7 @@ def _key_name(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("local", "openai") and parts and parts[-1].endswith("]"):
+        elif item in ("local", "openai", "anthropic") and parts and parts[-1].endswith("]"):
             continue  # discriminator tag pydantic inserts for tagged unions
         else:
             parts.append(("." if parts else "") + str(item))
@@ -413,7 +467,7 @@ def _resolve_api_keys(settings: Settings, env: Mapping[str, str], where: str) ->
     for i, entry in enumerate(settings.models):
         deployments = []
         for j, d in enumerate(entry.deployments):
-            if isinstance(d, OpenAIDeployment) and d.api_key_env is not None:
+            if isinstance(d, UpstreamDeployment) and d.api_key_env is not None:
                 value = env.get(d.api_key_env)
                 if not value:
                     raise ConfigError(

@@ -24,6 +24,9 @@ Each deployment gets a request at most once, and the transport never sends it ag
 (``providers/http1.py``). Failing over after the request was written (a timeout, a 5xx, a connection
 that broke before any response) may leave work, and a bill, at the failed deployment: the price of
 answering the client, which has received nothing yet, paid at most once per deployment.
+
+Every entry point shares these rules: streams (chat, completions, Anthropic messages) through
+``_open``, single calls (embeddings, count_tokens) through ``_call``.
 """
 
 from __future__ import annotations
@@ -32,19 +35,27 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from .errors import InterferenceError, InvalidRequest, ModelNotFound, Overloaded, UpstreamError
-from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard
-from .providers.base import Delta, Embeddings, Provider, aclose_stream
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    ModelCard,
+)
+from .providers.base import Delta, Embeddings, MessageEvent, Provider, aclose_stream
 
 __all__ = ["Deployment", "Health", "Route", "Router"]
 
 logger = logging.getLogger(__name__)
 
-RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 class Health(enum.Enum):
@@ -87,6 +98,14 @@ class Route:
     strategy: Literal["round_robin", "least_outstanding"] = "round_robin"
     cooldown: float = 30.0
     created: int = field(default_factory=lambda: int(time.time()))
+    kind: Literal["chat", "embedding"] = "chat"
+    is_default: bool = False  # the server's default model (the one the chat page preselects)
+
+    def card(self, name: str) -> ModelCard:
+        """The model card of this route under one of its names; only its own name is the default."""
+        return ModelCard(
+            id=name, created=self.created, kind=self.kind, default=self.is_default and name == self.name
+        )
 
     def ordered(self, now: float) -> list[Deployment]:
         """Deployments to try, best first; those cooling down come last, soonest to recover first."""
@@ -179,13 +198,13 @@ class Router:
         providers = [d.provider for d in route.deployments]
         provider = next((p for p in providers if p.can_load), providers[0])
         state = provider.model_state()
-        return ModelCard(
-            id=name,
-            created=route.created,
-            status=state.status,
-            context_length=state.context_length,
-            size_mb=state.size_mb,
-            memory_mb=state.memory_mb,
+        return route.card(name).model_copy(
+            update={
+                "status": state.status,
+                "context_length": state.context_length,
+                "size_mb": state.size_mb,
+                "memory_mb": state.memory_mb,
+            }
         )
 
     def cards(self) -> list[ModelCard]:
@@ -219,19 +238,29 @@ class Router:
         return self.card(name)
 
     def chat(self, request: ChatCompletionRequest) -> AsyncIterator[Delta]:
-        return self._open(request, lambda p, m: p.chat(request, model=m))
+        return self._open(request.model, lambda p, m: p.chat(request, model=m))
 
     def complete(self, request: CompletionRequest) -> AsyncIterator[Delta]:
-        return self._open(request, lambda p, m: p.complete(request, model=m))
+        return self._open(request.model, lambda p, m: p.complete(request, model=m))
+
+    def messages(self, request: MessagesRequest) -> AsyncIterator[Delta | MessageEvent]:
+        """Anthropic Messages: native events from Anthropic upstreams, chat deltas from the others."""
+        return self._open(request.model, lambda p, m: p.messages(request, model=m))
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        """One embeddings call, with the failover rules of a stream that fails before its first delta."""
-        route = await self.find(request.model)
+        return await self._call(request.model, lambda p, m: p.embed(request, model=m))
+
+    async def count_tokens(self, request: CountTokensRequest) -> int:
+        return await self._call(request.model, lambda p, m: p.count_tokens(request, model=m))
+
+    async def _call(self, name: str, call: Callable[[Provider, str], Awaitable[ResultT]]) -> ResultT:
+        """One non-streamed call, with the failover rules of a stream that fails before its first delta."""
+        route = await self.find(name)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             deployment.outstanding += 1
             try:
-                result = await deployment.provider.embed(request, model=deployment.model)
+                result = await call(deployment.provider, deployment.model)
             except (Overloaded, UpstreamError) as exc:
                 self._fail_over(route, deployment, exc)
                 last_error = exc
@@ -258,10 +287,10 @@ class Router:
 
     async def _open(
         self,
-        request: RequestT,
-        call: Callable[[Provider, str], AsyncIterator[Delta]],
-    ) -> AsyncIterator[Delta]:
-        route = await self.find(request.model)
+        name: str,
+        call: Callable[[Provider, str], AsyncIterator[ItemT]],
+    ) -> AsyncIterator[ItemT]:
+        route = await self.find(name)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
             stream = call(deployment.provider, deployment.model)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings
@@ -14,6 +15,9 @@ from ..router import Route, Router
 from .auth import ApiKeyMiddleware
 from .errors import install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
+from .page import install_page
+from .request_log import HEADER as REQUEST_ID_HEADER
+from .request_log import RequestIdMiddleware
 from .routes import api_router, health_router
 from .state import AppState
 
@@ -55,7 +59,25 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(health_router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
+    install_page(app)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "x-api-key",
+                "anthropic-version",
+                REQUEST_ID_HEADER,
+            ],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            max_age=600,
+        )
+    # Outermost, so every answer (401s and CORS preflights too) carries the request id.
+    app.add_middleware(RequestIdMiddleware, log=settings.access_log, log_format=settings.log_format)
     return app

@@ -12,6 +12,7 @@ from ..protocol import ChatCompletionRequest, new_id
 from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
+from .request_log import RequestRecord
 from .serving import fold, open_stream, sse_frames, usage_dict
 
 __all__ = ["ChatServing"]
@@ -21,11 +22,13 @@ class ChatServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: ChatCompletionRequest) -> Response:
-        first, stream = await open_stream(self._router.chat(request))
+    async def create(
+        self, request: ChatCompletionRequest, *, record: RequestRecord | None = None
+    ) -> Response:
+        first, stream = await open_stream(self._router.chat(request), record)
         cid, created, model = new_id("chatcmpl"), int(time.time()), request.model
         if not request.stream:
-            folded = await fold(first, stream)
+            folded = await fold(first, stream, record)
             choices = [
                 {
                     "index": i,
@@ -103,6 +106,7 @@ class ChatServing:
             chunks=chunks,
             openings=roles,
             usage_chunk=usage_chunk if request.include_usage else None,
+            record=record,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 

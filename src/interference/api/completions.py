@@ -11,6 +11,7 @@ from ..protocol import CompletionRequest, new_id
 from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
+from .request_log import RequestRecord
 from .serving import fold, open_stream, sse_frames, usage_dict
 
 __all__ = ["CompletionServing"]
@@ -20,8 +21,8 @@ class CompletionServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: CompletionRequest) -> Response:
-        first, stream = await open_stream(self._router.complete(request))
+    async def create(self, request: CompletionRequest, *, record: RequestRecord | None = None) -> Response:
+        first, stream = await open_stream(self._router.complete(request), record)
         cid, created, model = new_id("cmpl"), int(time.time()), request.model
 
         def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -35,7 +36,7 @@ class CompletionServing:
             }
 
         if not request.stream:
-            folded = await fold(first, stream)
+            folded = await fold(first, stream, record)
             body = envelope(
                 [
                     {
@@ -70,5 +71,6 @@ class CompletionServing:
             chunks=chunks,
             openings=[],
             usage_chunk=usage_chunk if request.include_usage else None,
+            record=record,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -9,7 +9,9 @@ import orjson
 from starlette.responses import Response
 
 from ..protocol import EmbeddingRequest
+from ..providers.base import TokenUsage
 from ..router import Router
+from .request_log import RequestRecord
 
 __all__ = ["EmbeddingServing"]
 
@@ -18,8 +20,10 @@ class EmbeddingServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: EmbeddingRequest) -> Response:
+    async def create(self, request: EmbeddingRequest, *, record: RequestRecord | None = None) -> Response:
         result = await self._router.embed(request)
+        if record is not None:
+            record.usage = TokenUsage(result.prompt_tokens, 0)
         vectors = result.vectors.astype("<f4", copy=False)
         data: list[dict[str, Any]] = []
         for i, vector in enumerate(vectors):

@@ -1,4 +1,9 @@
-"""The one place that turns exceptions into OpenAI's error envelope, and the app's handlers."""
+"""The one place that turns exceptions into error envelopes, and the app's handlers.
+
+OpenAI's envelope (``{"error": {message, type, param, code}}``) everywhere, except on Anthropic's
+routes (``/v1/messages…``, and any request that carries ``anthropic-version``), which get Anthropic's
+(``{"type": "error", "error": {type, message}}``) with its error type for the status.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from ..errors import InterferenceError, InvalidRequest, NotFound
 from ..protocol import ErrorBody, ErrorResponse, ParamError
+from .request_log import HEADER as REQUEST_ID_HEADER
+from .request_log import record_of
 
-__all__ = ["error_body", "error_response", "install_error_handlers", "validation_error"]
+__all__ = [
+    "anthropic_error_body",
+    "anthropic_error_response",
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "is_anthropic",
+    "response_for",
+    "validation_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +92,56 @@ def error_response(exc: InterferenceError) -> JSONResponse:
     return JSONResponse(error_body(exc).model_dump(), status_code=exc.status, headers=headers)
 
 
+# Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ANTHROPIC_PATHS = frozenset(
+    {"/v1/messages", "/messages", "/v1/messages/count_tokens", "/messages/count_tokens"}
+)
+
+
+def is_anthropic(scope: Scope) -> bool:
+    """Whether this request gets Anthropic's envelope: its routes, or a client that names its version."""
+    path = scope.get("path", "")
+    return path in _ANTHROPIC_PATHS or "anthropic-version" in Headers(scope=scope)
+
+
+def anthropic_error_body(exc: InterferenceError) -> dict[str, Any]:
+    kind = _ANTHROPIC_TYPES.get(exc.status) or ("api_error" if exc.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": _ADDRESS.sub("", exc.message)}}
+
+
+def anthropic_error_response(exc: InterferenceError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None or exc.status == 429:  # Anthropic's clients wait this long to retry
+        headers["Retry-After"] = str(max(1, round(exc.retry_after or 1.0)))
+    return JSONResponse(anthropic_error_body(exc), status_code=exc.status, headers=headers)
+
+
+def response_for(scope: Scope, exc: InterferenceError) -> JSONResponse:
+    """The error in the envelope of the route that was asked."""
+    return anthropic_error_response(exc) if is_anthropic(scope) else error_response(exc)
+
+
 async def _on_interference_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InterferenceError)
     if exc.status >= 500:
         logger.error("%s %s failed: %r", request.method, request.url.path, exc)
-    return error_response(exc)
+    return response_for(request.scope, exc)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError | ValidationError)
-    return error_response(validation_error(exc))
+    return response_for(request.scope, validation_error(exc))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -97,12 +155,19 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         err = InterferenceError(str(exc.detail))
         err.status = exc.status_code
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return error_response(err)
+    return response_for(request.scope, err)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(InterferenceError("The server had an error while processing your request."))
+    response = response_for(
+        request.scope, InterferenceError("The server had an error while processing your request.")
+    )
+    # This handler answers outside every middleware, so the request id is added here.
+    record = record_of(request)
+    if record is not None:
+        response.headers[REQUEST_ID_HEADER] = record.id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

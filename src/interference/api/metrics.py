@@ -121,7 +121,15 @@ class Metrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 
 
-_TRACKED = ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
+_TRACKED = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/messages/count_tokens",
+    "/messages",
+    "/models",
+)
 
 
 def _path_label(path: str) -> str:

@@ -26,6 +26,7 @@ from ..providers.base import Delta, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse
 from .errors import error_body
+from .request_log import RequestRecord
 from .serving import UsageTally, fold, iter_all, open_stream
 
 __all__ = ["ResponseServing"]
@@ -40,17 +41,19 @@ class ResponseServing:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def create(self, request: ResponseRequest) -> Response:
+    async def create(self, request: ResponseRequest, *, record: RequestRecord | None = None) -> Response:
         refused = request.unsupported
         if refused is not None:
             param, why = refused
             raise UnsupportedParameter(why, param=param)
-        first, stream = await open_stream(self._router.chat(_chat_request(request)))
+        first, stream = await open_stream(self._router.chat(_chat_request(request)), record)
         draft = _Draft(request)
         if not request.stream:
-            folded = await fold(first, stream)
+            folded = await fold(first, stream, record)
             return JSONResponse(draft.final(folded.text(0), folded.finish.get(0), folded.usage))
-        return StreamingResponse(draft.events(first, stream), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        return StreamingResponse(
+            draft.events(first, stream, record), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
+        )
 
 
 def _chat_request(request: ResponseRequest) -> ChatCompletionRequest:
@@ -133,7 +136,9 @@ class _Draft:
         status = "incomplete" if reason else "completed"
         return self.envelope(status, [self.message(status, [_text_part(text)])], usage, reason=reason)
 
-    async def events(self, first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    async def events(
+        self, first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+    ) -> AsyncIterator[bytes]:
         numbers = itertools.count()
 
         def event(kind: str, **payload: Any) -> bytes:
@@ -175,6 +180,8 @@ class _Draft:
             )
         finally:
             await aclose_stream(stream)
+            if record is not None:
+                record.usage = tally.usage
 
 
 def _text_part(text: str) -> dict[str, Any]:

@@ -16,13 +16,16 @@ from starlette.responses import JSONResponse, Response
 from ..protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    CountTokensRequest,
     EmbeddingRequest,
+    MessagesRequest,
     ModelCard,
-    ModelList,
     ResponseRequest,
 )
 from .cancellation import with_cancellation
 from .errors import validation_error
+from .models import model_card, model_list
+from .request_log import RequestRecord, record_of
 from .state import AppState
 
 __all__ = ["api_router", "health_router"]
@@ -41,6 +44,13 @@ async def _parse(request: Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
+def _record(request: Request, model: str) -> RequestRecord | None:
+    record = record_of(request)
+    if record is not None:
+        record.model = model
+    return record
+
+
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.interference
     return state
@@ -53,32 +63,55 @@ async def _card(work: Awaitable[ModelCard]) -> Response:
 @api_router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
-    return await with_cancellation(request, _state(request).chat.create(body))
+    return await with_cancellation(
+        request, _state(request).chat.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/completions")
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
-    return await with_cancellation(request, _state(request).completions.create(body))
+    return await with_cancellation(
+        request, _state(request).completions.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/embeddings")
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
-    return await with_cancellation(request, _state(request).embeddings.create(body))
+    return await with_cancellation(
+        request, _state(request).embeddings.create(body, record=_record(request, body.model))
+    )
 
 
 @api_router.post("/responses")
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
-    return await with_cancellation(request, _state(request).responses.create(body))
+    return await with_cancellation(
+        request, _state(request).responses.create(body, record=_record(request, body.model))
+    )
+
+
+@api_router.post("/messages")
+async def messages(request: Request) -> Response:
+    body = await _parse(request, MessagesRequest)
+    return await with_cancellation(
+        request, _state(request).messages.create(body, record=_record(request, body.model))
+    )
+
+
+@api_router.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    body = await _parse(request, CountTokensRequest)
+    _record(request, body.model)
+    return await with_cancellation(request, _state(request).messages.count_tokens(body))
 
 
 @api_router.get("/models")
 async def list_models(request: Request) -> Response:
     router = _state(request).router
     await router.refresh()  # a GGUF added to the models dir since
-    return JSONResponse(ModelList(data=router.cards()).model_dump())
+    return JSONResponse(model_list(request, router.cards()))
 
 
 @api_router.post("/models/{model_id:path}/load")
@@ -95,7 +128,7 @@ async def unload_model(request: Request, model_id: str) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     router = _state(request).router
     await router.find(model_id)
-    return JSONResponse(router.card(model_id).model_dump())
+    return JSONResponse(model_card(request, router.card(model_id)))
 
 
 @health_router.get("/health")

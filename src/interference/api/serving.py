@@ -5,20 +5,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
+from .request_log import RequestRecord
 
 __all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
+ItemT = TypeVar("ItemT")
 
-async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
-    """Wait for the first delta, so validation, routing and admission errors surface before any byte."""
+
+async def open_stream(
+    stream: AsyncIterator[ItemT], record: RequestRecord | None = None
+) -> tuple[ItemT | None, AsyncIterator[ItemT]]:
+    """Wait for the first delta, so validation, routing and admission errors surface before any byte.
+
+    Its arrival is the time to first token that the access log reports.
+    """
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -26,10 +34,12 @@ async def open_stream(stream: AsyncIterator[Delta]) -> tuple[Delta | None, Async
     except BaseException:
         await aclose_stream(stream)
         raise
+    if record is not None:
+        record.first_output()
     return first, stream
 
 
-async def iter_all(first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+async def iter_all(first: ItemT | None, stream: AsyncIterator[ItemT]) -> AsyncIterator[ItemT]:
     if first is not None:
         yield first
     async for delta in stream:
@@ -76,6 +86,7 @@ class Folded:
         default_factory=dict
     )  # choice -> call index -> call
     logprobs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stop_sequences: dict[int, str] = field(default_factory=dict)
     tally: UsageTally = field(default_factory=UsageTally)
 
     def text(self, index: int) -> str:
@@ -119,7 +130,9 @@ class Folded:
         return self.tally.usage
 
 
-async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
+async def fold(
+    first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+) -> Folded:
     out = Folded()
     try:
         async for delta in iter_all(first, stream):
@@ -127,6 +140,8 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
                 out.texts.setdefault(delta.index, []).append(delta.text)
             if delta.finish_reason is not None:
                 out.finish[delta.index] = delta.finish_reason
+            if delta.stop_sequence is not None:
+                out.stop_sequences[delta.index] = delta.stop_sequence
             if delta.tool_calls:
                 out.add_tool_calls(delta.index, delta.tool_calls)
             if delta.logprobs:
@@ -134,6 +149,8 @@ async def fold(first: Delta | None, stream: AsyncIterator[Delta]) -> Folded:
             out.tally.add(delta.usage)
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = out.usage
     return out
 
 
@@ -144,6 +161,7 @@ async def sse_frames(
     chunks: Callable[[Delta], list[dict[str, Any]]],
     openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+    record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
@@ -169,4 +187,6 @@ async def sse_frames(
         )
     finally:
         await aclose_stream(stream)
+        if record is not None:
+            record.usage = tally.usage
     yield sse.DONE

@@ -8,6 +8,7 @@ from ..router import Router
 from .chat import ChatServing
 from .completions import CompletionServing
 from .embeddings import EmbeddingServing
+from .messages import MessagesServing
 from .responses import ResponseServing
 
 __all__ = ["AppState"]
@@ -20,6 +21,7 @@ class AppState:
     completions: CompletionServing
     embeddings: EmbeddingServing
     responses: ResponseServing
+    messages: MessagesServing
 
     @classmethod
     def build(cls, router: Router) -> AppState:
@@ -29,4 +31,5 @@ class AppState:
             completions=CompletionServing(router),
             embeddings=EmbeddingServing(router),
             responses=ResponseServing(router),
+            messages=MessagesServing(router),
         )

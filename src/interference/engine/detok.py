@@ -26,15 +26,17 @@ class StopMatcher:
     """Holds back text that could begin a stop string; truncates on a full match.
 
     ``feed`` returns the text that is safe to emit. Once a stop string is found, ``stopped`` is True
-    and nothing after it (nor the stop string itself) is ever emitted.
+    and nothing after it (nor the stop string itself) is ever emitted; ``matched`` is the stop string
+    found (the one that starts first).
     """
 
-    __slots__ = ("_pending", "_stops", "stopped")
+    __slots__ = ("_pending", "_stops", "matched", "stopped")
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         if not self._stops:
@@ -42,8 +44,9 @@ class StopMatcher:
         if self.stopped:
             return ""
         pending = self._pending + text
-        cut = min((i for i in (pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stops if (i := pending.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             self.stopped = True
             self._pending = ""
             return pending[:cut]

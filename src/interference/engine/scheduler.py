@@ -413,7 +413,14 @@ class Scheduler:
         if finish is None:
             job.pending = token
             if text:
-                self._emit(job.handle, EngineOutput(text=text, logprobs=self._take_logprobs(job)))
+                # The prompt's size and cached part go out early too, for APIs that report them first.
+                output = EngineOutput(
+                    text=text,
+                    prompt_tokens=len(req.prompt),
+                    cached_tokens=job.n_cached,
+                    logprobs=self._take_logprobs(job),
+                )
+                self._emit(job.handle, output)
             return
         if not job.stops.stopped:
             text += job.stops.feed(job.detok.flush())
@@ -437,5 +444,6 @@ class Scheduler:
                 completion_tokens=job.n_generated,
                 cached_tokens=job.n_cached,
                 logprobs=self._take_logprobs(job),
+                stop_sequence=job.stops.matched,
             ),
         )

@@ -61,3 +61,4 @@ class EngineOutput:
     cached_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None  # the stop string that ended generation, if one did

@@ -1,10 +1,15 @@
-"""Wire models: OpenAI chat/completions (``openai``), the Responses API (``responses``) and embeddings.
+"""Wire models: OpenAI chat/completions (``openai``), the Responses API (``responses``), embeddings,
+and Anthropic's Messages API (``anthropic``, translated to and from chat by ``anthropic_openai``).
 
 Pure pydantic models and validators: no HTTP, no engine, nothing else from the package.
 """
 
 from __future__ import annotations
 
+from .anthropic import (
+    CountTokensRequest,
+    MessagesRequest,
+)
 from .embeddings import (
     MAX_EMBEDDING_INPUTS,
     EmbeddingInput,
@@ -58,6 +63,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionRequest",
     "ContentPart",
+    "CountTokensRequest",
     "DeltaMessage",
     "EmbeddingInput",
     "EmbeddingRequest",
@@ -65,6 +71,7 @@ __all__ = [
     "ErrorResponse",
     "InputMessage",
     "InputText",
+    "MessagesRequest",
     "ModelCard",
     "ModelList",
     "NamedToolChoice",

@@ -343,6 +343,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "interference"
+    # Not OpenAI's: what the model serves (chat and completions, or embeddings), and whether it is
+    # the server's default model, so a client such as the chat page can offer the right ones.
+    kind: Literal["chat", "embedding"] = "chat"
+    default: bool = False
     # Extras: whether the model is in memory, and for local models what it costs.
     status: Literal["loaded", "loading", "unloaded"] = "loaded"
     context_length: int | None = None

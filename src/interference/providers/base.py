@@ -9,20 +9,31 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from ..errors import InvalidRequest
-from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    MessagesRequest,
+    ParamError,
+)
+from ..protocol.anthropic_openai import validated_chat_request
 
 __all__ = [
     "LOAD_SECONDS_BUCKETS",
     "Delta",
     "Embeddings",
     "LifecycleStats",
+    "MessageEvent",
     "ModelState",
     "Provider",
     "ProviderStats",
     "TokenUsage",
     "aclose_stream",
+    "chat_from_messages",
 ]
 
 # Upper bounds of the model load time histogram, in seconds.
@@ -42,7 +53,11 @@ class TokenUsage:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New output of one choice; the last delta of a choice carries ``finish_reason`` and usage."""
+    """New output of one choice; the last delta of a choice carries ``finish_reason`` and usage.
+
+    A choice's first delta may carry usage early too (prompt and cached tokens, no completion
+    tokens): Anthropic streams report the input's size before the output.
+    """
 
     text: str = ""
     index: int = 0
@@ -52,6 +67,16 @@ class Delta:
     tool_calls: tuple[dict[str, Any], ...] | None = None
     # OpenAI logprobs object for this delta's tokens ({"content": [...]}, or the legacy completions shape).
     logprobs: dict[str, Any] | None = None
+    # The stop string that ended this choice (finish_reason "stop"), when the backend reports it.
+    stop_sequence: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """One Anthropic Messages event (or, named ``message``, a whole message) from a native upstream."""
+
+    name: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +144,17 @@ class Provider(abc.ABC):
         """Embed ``request.input``; backends without an embedding model keep this default (a 400)."""
         raise InvalidRequest(f"The model '{request.model}' does not support embeddings.", param="model")
 
+    def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        """Anthropic's Messages API, translated to chat; native backends yield ``MessageEvent``s."""
+        return self.chat(chat_from_messages(request), model=model)
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        """The prompt's size in tokens, tools and system included, as ``messages`` would count it."""
+        raise InvalidRequest(
+            f"The model '{request.model}' cannot count tokens: its backend has no tokenizer endpoint.",
+            param="model",
+        )
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (threads, connection pools)."""
 
@@ -155,8 +191,25 @@ class Provider(abc.ABC):
         """Unload the model once its requests in flight are done."""
 
 
-async def aclose_stream(stream: AsyncIterator[Delta]) -> None:
+async def aclose_stream(stream: AsyncIterator[Any]) -> None:
     """Close a delta stream early (frees its slot or upstream connection); a no-op for plain iterators."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def chat_from_messages(request: CountTokensRequest) -> ChatCompletionRequest:
+    """A Messages request as the chat request that OpenAI-shaped backends serve; a 400 if it cannot be."""
+    try:
+        return validated_chat_request(request)
+    except ParamError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ParamError):
+            raise InvalidRequest(str(cause), param=cause.param) from None
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidRequest(
+            f"This request cannot be served by this model ({where}: {err.get('msg')})."
+        ) from None

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import EngineOptions, LocalDeployment, ModelEntry, OpenAIDeployment, Settings
+from ..config import (
+    AnthropicDeployment,
+    EngineOptions,
+    LocalDeployment,
+    ModelEntry,
+    Settings,
+    UpstreamDeployment,
+)
 from ..engine import ModelLoadError, embedded_model_path, model_id_for
 from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
 from ..router import Deployment, Route, Router
@@ -68,14 +75,19 @@ def _local(
     return provider
 
 
-def _provider(deployment: LocalDeployment | OpenAIDeployment, shared: _Shared, entry: ModelEntry) -> Provider:
+def _provider(
+    deployment: LocalDeployment | UpstreamDeployment, shared: _Shared, entry: ModelEntry
+) -> Provider:
     if isinstance(deployment, LocalDeployment):
         path = Path(deployment.path) if deployment.path else embedded_model_path()
         return _local(path, deployment, shared, entry=entry)
-    from .upstream import UpstreamPool, UpstreamProvider  # only gateway configs need httpx machinery
+    from .anthropic import AnthropicProvider  # only gateway configs need httpx machinery
+    from .upstream import UpstreamPool, UpstreamProvider
 
     if shared.pool is None:
         shared.pool = UpstreamPool()
+    if isinstance(deployment, AnthropicDeployment):
+        return AnthropicProvider(deployment, pool=shared.pool)
     return UpstreamProvider(deployment, pool=shared.pool)
 
 
@@ -128,7 +140,7 @@ def build_router(settings: Settings) -> Router:
         deployments = []
         for d in entry.deployments:
             provider = _provider(d, shared, entry)
-            upstream_name = d.model if isinstance(d, OpenAIDeployment) and d.model else entry.name
+            upstream_name = d.model if isinstance(d, UpstreamDeployment) and d.model else entry.name
             deployments.append(Deployment(provider=provider, model=upstream_name, weight=d.weight))
         routes.append(
             Route(
@@ -148,11 +160,20 @@ def build_router(settings: Settings) -> Router:
             f"{path} needs about {provider.memory_mib} MiB with these options, more than the memory budget "
             f"of {budget} MiB (--memory-budget); raise it, lower --parallel or --ctx-size, or pass --lazy"
         )
-    routes.append(Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases))
+    routes.append(
+        Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases, is_default=True)
+    )
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
         deployment = Deployment(embedder, embedder.model_name)
-        routes.append(Route(name=embedder.model_name, deployments=[deployment], aliases=EMBEDDING_ALIASES))
+        routes.append(
+            Route(
+                name=embedder.model_name,
+                deployments=[deployment],
+                aliases=EMBEDDING_ALIASES,
+                kind="embedding",
+            )
+        )
     known = {n for r in routes for n in (r.name, *r.aliases)}
     routes.extend(_scan_models_dir(shared, known))
     return Router(routes, discover=lambda: _scan_models_dir(shared, known))

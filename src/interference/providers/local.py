@@ -18,8 +18,16 @@ from ..errors import (
     ServiceUnavailable,
     UnsupportedParameter,
 )
-from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
-from .base import Delta, Provider, ProviderStats, TokenUsage
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    MessagesRequest,
+    SamplingFields,
+    new_id,
+)
+from ..protocol.anthropic import ImageBlock
+from .base import Delta, MessageEvent, Provider, ProviderStats, TokenUsage, chat_from_messages
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
 from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
@@ -98,13 +106,36 @@ class LocalProvider(Provider):
 
     def _chat_prompt(self, request: ChatCompletionRequest, mode: str) -> tuple[list[int], str | None]:
         """The prompt's tokens and the output grammar, if any (runs in a worker thread)."""
-        grammar = self._grammar(request, mode)
+        return self._render(request, mode), self._grammar(request, mode)
+
+    def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        self._check_anthropic(request)
+        return super().messages(request, model=model)
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        self._check_anthropic(request)
+        chat = chat_from_messages(request)
+        return len(await asyncio.to_thread(self._render, chat, tool_mode(chat)))
+
+    @staticmethod
+    def _check_anthropic(request: CountTokensRequest) -> None:
+        if request.thinking_enabled:
+            raise UnsupportedParameter(
+                "This model has no thinking mode; leave 'thinking' out.", param="thinking"
+            )
+        if any(isinstance(b, ImageBlock) for b in request.blocks()):
+            raise UnsupportedParameter(
+                "This model does not read images (image content blocks).", param="messages"
+            )
+
+    def _render(self, request: ChatCompletionRequest, mode: str) -> list[int]:
+        """The prompt's tokens: the chat template over the messages, with the tools when they are on."""
         native = mode != "none" and self.engine.template_renders_tools
         extra: dict[str, Any] = {}
         if native:
             extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
         try:
-            return self.engine.render_chat(message_dicts(request, native=native), **extra), grammar
+            return self.engine.render_chat(message_dicts(request, native=native), **extra)
         except TemplateError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
 
@@ -211,6 +242,7 @@ class LocalProvider(Provider):
         except EngineUnavailable as exc:
             raise ServiceUnavailable(f"The model is not available: {exc}.") from None
         offset = len(echo)
+        is_first = True
         try:
             if echo:
                 yield Delta(text=echo, index=index)
@@ -229,12 +261,17 @@ class LocalProvider(Provider):
                 usage = None
                 if out.finish_reason is not None:
                     usage = TokenUsage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+                elif is_first:
+                    # The prompt's size, known once generation starts (Anthropic streams report it first).
+                    usage = TokenUsage(out.prompt_tokens, 0, out.cached_tokens)
+                is_first = False
                 yield Delta(
                     text=out.text,
                     index=index,
                     finish_reason=str(out.finish_reason) if out.finish_reason else None,
                     usage=usage,
                     logprobs=logprobs,
+                    stop_sequence=out.stop_sequence,
                 )
         finally:
             handle.abort()

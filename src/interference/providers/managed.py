@@ -23,11 +23,12 @@ from ..engine.cpu import CpuInfo, choose_repack
 from ..engine.engine import DEFAULT_CTX_PER_SLOT
 from ..engine.footprint import MIB, estimate_footprint, probe_gguf
 from ..errors import InsufficientMemory, ModelLoadTimeout, ServiceUnavailable
-from ..protocol import ChatCompletionRequest, CompletionRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, CountTokensRequest, MessagesRequest
 from .base import (
     LOAD_SECONDS_BUCKETS,
     Delta,
     LifecycleStats,
+    MessageEvent,
     ModelState,
     Provider,
     ProviderStats,
@@ -335,6 +336,20 @@ class ManagedLocalProvider(Provider):
                     yield delta
             finally:
                 await aclose_stream(stream)
+
+    async def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        async with self._lease() as local:
+            stream = local.messages(request, model=model)
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                await aclose_stream(stream)
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        """Counting needs the model's tokenizer: the model loads for it, as for a request."""
+        async with self._lease() as local:
+            return await local.count_tokens(request, model=model)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -41,8 +41,9 @@ import orjson
 from pydantic import BaseModel
 
 from .. import __version__
-from ..config import OpenAIDeployment
+from ..config import UpstreamDeployment
 from ..errors import (
+    InvalidRequest,
     UpstreamAuthError,
     UpstreamConnectError,
     UpstreamError,
@@ -50,8 +51,14 @@ from ..errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
-from .base import Delta, Embeddings, Provider, TokenUsage
+from ..protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CountTokensRequest,
+    EmbeddingRequest,
+    SamplingFields,
+)
+from .base import Delta, Embeddings, Provider, TokenUsage, chat_from_messages
 from .http1 import Http1Transport
 from .sse import SSEDecoder
 from .upstream_embeddings import embeddings_from_body
@@ -102,7 +109,7 @@ def _transport() -> httpx.AsyncBaseTransport | None:
 class UpstreamProvider(Provider):
     """One OpenAI-compatible endpoint; requests are forwarded with the model name replaced."""
 
-    def __init__(self, deployment: OpenAIDeployment, *, pool: UpstreamPool) -> None:
+    def __init__(self, deployment: UpstreamDeployment, *, pool: UpstreamPool) -> None:
         url = httpx.URL(deployment.base_url)
         # netloc carries no user info, so credentials in the URL stay out of logs.
         self.name = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"
@@ -111,6 +118,8 @@ class UpstreamProvider(Provider):
             "chat": httpx.URL(f"{deployment.base_url}/chat/completions"),
             "text": httpx.URL(f"{deployment.base_url}/completions"),
             "embeddings": httpx.URL(f"{deployment.base_url}/embeddings"),
+            # vLLM and SGLang serve /tokenize at the root, beside /v1.
+            "tokenize": httpx.URL(f"{deployment.base_url.removesuffix('/v1')}/tokenize"),
         }
         self._secret = deployment.api_key.get_secret_value() if deployment.api_key else ""
         self._headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
@@ -150,6 +159,47 @@ class UpstreamProvider(Provider):
             finally:
                 await response.aclose()
         return embeddings_from_body(_loads(raw), expected=len(request.inputs))
+
+    async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
+        """The prompt's size from the upstream's ``/tokenize`` (vLLM, SGLang): its own chat template."""
+        chat = chat_from_messages(request)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [m.model_dump(exclude_unset=True) for m in chat.messages],
+            "add_generation_prompt": True,
+        }
+        if chat.tools:
+            body["tools"] = [t.model_dump(exclude_unset=True) for t in chat.tools]
+        assert self._client is not None
+        upstream_request = httpx.Request(
+            "POST", self._urls["tokenize"], content=orjson.dumps(body), headers=self._headers,
+            extensions=self._extensions,
+        )  # fmt: skip
+        # A missing or different /tokenize (llama-server's takes "content") is no fault of the upstream's:
+        # a 400 that says so, and no cooldown for a deployment that serves chat well.
+        unsupported = InvalidRequest(
+            f"The model '{request.model}' cannot count tokens: its upstream has no chat /tokenize endpoint "
+            "(vLLM and SGLang have one).",
+            param="model",
+        )
+        with self._translate_errors():
+            response = await self._client.send(upstream_request, stream=True)
+            try:
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    raise unsupported
+                if not 200 <= response.status_code < 300:
+                    raise await self._status_error(response)
+                raw = await response.aread()
+            finally:
+                await response.aclose()
+        try:
+            result = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise unsupported from None
+        count = result.get("count") if isinstance(result, dict) else None
+        if not isinstance(count, int):
+            raise unsupported
+        return count
 
     # ------------------------------------------------------------------ the call
 
