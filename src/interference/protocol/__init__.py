@@ -5,20 +5,28 @@ Pure pydantic models and validators: no HTTP, no engine, nothing else from the p
 
 from __future__ import annotations
 
+from .embeddings import (
+    MAX_EMBEDDING_INPUTS,
+    EmbeddingInput,
+    EmbeddingRequest,
+)
 from .openai import (
+    AssistantMessage,
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessage,
     ChunkChoice,
-    ContentPart,
     Completion,
     CompletionChoice,
     CompletionRequest,
+    ContentPart,
     DeltaMessage,
     ErrorBody,
     ErrorResponse,
+    FunctionCall,
+    FunctionMessage,
     ModelCard,
     ModelList,
     NamedToolChoice,
@@ -28,19 +36,16 @@ from .openai import (
     ResponseMessage,
     SamplingFields,
     StreamOptions,
+    SystemMessage,
     TextPart,
     Tool,
+    ToolCall,
+    ToolMessage,
     Usage,
+    UserMessage,
     WireModel,
     new_id,
 )
-
-from .embeddings import (
-    MAX_EMBEDDING_INPUTS,
-    EmbeddingInput,
-    EmbeddingRequest,
-)
-
 from .responses import (
     InputMessage,
     InputText,
@@ -48,8 +53,9 @@ from .responses import (
     response_item_id,
 )
 
-
 __all__ = [
+    "MAX_EMBEDDING_INPUTS",
+    "AssistantMessage",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
@@ -65,9 +71,10 @@ __all__ = [
     "EmbeddingRequest",
     "ErrorBody",
     "ErrorResponse",
+    "FunctionCall",
+    "FunctionMessage",
     "InputMessage",
     "InputText",
-    "MAX_EMBEDDING_INPUTS",
     "ModelCard",
     "ModelList",
     "NamedToolChoice",
@@ -78,9 +85,13 @@ __all__ = [
     "ResponseRequest",
     "SamplingFields",
     "StreamOptions",
+    "SystemMessage",
     "TextPart",
     "Tool",
+    "ToolCall",
+    "ToolMessage",
     "Usage",
+    "UserMessage",
     "WireModel",
     "new_id",
     "response_item_id",

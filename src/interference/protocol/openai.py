@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
+    "AssistantMessage",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
@@ -28,6 +30,8 @@ __all__ = [
     "DeltaMessage",
     "ErrorBody",
     "ErrorResponse",
+    "FunctionCall",
+    "FunctionMessage",
     "ModelCard",
     "ModelList",
     "NamedToolChoice",
@@ -37,9 +41,13 @@ __all__ = [
     "ResponseMessage",
     "SamplingFields",
     "StreamOptions",
+    "SystemMessage",
     "TextPart",
     "Tool",
+    "ToolCall",
+    "ToolMessage",
     "Usage",
+    "UserMessage",
     "WireModel",
     "new_id",
 ]
@@ -152,18 +160,10 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class ChatMessage(WireModel):
-    role: Role
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+class _Message(WireModel):
+    """What every chat message has: a role and (for most roles) content."""
 
-    @model_validator(mode="after")
-    def _content_required(self) -> ChatMessage:
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"content is required for role '{self.role}'")
-        return self
+    content: str | Sequence[ContentPart] | None = None
 
     @property
     def text(self) -> str:
@@ -173,6 +173,78 @@ class ChatMessage(WireModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class FunctionCall(WireModel):
+    name: str
+    # A JSON text, as the model wrote it (it may not parse); never an object.
+    arguments: str
+
+
+class ToolCall(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None
+    # Deprecated by OpenAI in favour of tool_calls; still sent by older clients.
+    function_call: FunctionCall | None = None
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(_Message):
+    """The deprecated ``function`` role: a function's result, named."""
+
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
+def _message_tag(value: Any) -> str | None:
+    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
+    if role not in get_args(Role):
+        return None
+    return f"{'system' if role == 'developer' else role}-message"
+
+
+# Tags are suffixed so that api/errors.py can drop them from error locations ("function" is also a field).
+ChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("system-message")]
+    | Annotated[UserMessage, Tag("user-message")]
+    | Annotated[AssistantMessage, Tag("assistant-message")]
+    | Annotated[ToolMessage, Tag("tool-message")]
+    | Annotated[FunctionMessage, Tag("function-message")],
+    Discriminator(
+        _message_tag,
+        custom_error_type="invalid_role",
+        custom_error_message="each message must be an object whose role is one of "
+        + ", ".join(repr(r) for r in get_args(Role)),
+        custom_error_context={"discriminator": "role"},
+    ),
+]
 
 
 class FunctionDefinition(WireModel):
