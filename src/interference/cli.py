@@ -108,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    limits = serve.add_argument_group("limits and shutdown")
+    limits.add_argument(
+        "--max-body-mib", type=float, metavar="MIB", help="largest request body, then 413 (default: 16)"
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete by then (default: 10)",
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, let running streams finish this long (default: 30)",
+    )
+    limits.add_argument(
+        "--embedding-queue",
+        type=int,
+        metavar="N",
+        help="embedding requests that may wait for the embedding model before 429 (default: 64)",
+    )
     _common_flags(serve)
     _engine_flags(serve)
 
@@ -138,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
     "cache_type", "request_timeout", "aliases", "api_keys", "log_level", "embeddings", "embedding_model",
+    "max_body_mib", "header_timeout", "shutdown_timeout", "embedding_queue",
 )  # fmt: skip
 
 
@@ -214,16 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
         return _fail(str(exc))
 
-    import uvicorn
+    from .server import serve
 
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=not args.no_access_log,
-        timeout_graceful_shutdown=5,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
     port = sock.getsockname()[1]
     logger.info(
         "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s",
@@ -231,7 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
         port,
         time.perf_counter() - started,
     )
-    server.run(sockets=[sock])
+    serve(app, sock, settings, access_log=not args.no_access_log)
     return 0
 
 

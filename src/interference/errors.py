@@ -6,12 +6,14 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     InterferenceError (500 server_error)
     ├── InvalidRequest (400 invalid_request_error)
     │   ├── ContextLengthExceeded (code context_length_exceeded)
-    │   └── UnsupportedParameter (code unsupported_parameter)
+    │   ├── UnsupportedParameter (code unsupported_parameter)
+    │   └── RequestTooLarge (413)
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (code model_not_found)
     ├── Overloaded (429, Retry-After)
     ├── RequestTimedOut (504)
+    ├── ServerShuttingDown (503)
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
@@ -31,6 +33,8 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RequestTimedOut",
+    "RequestTooLarge",
+    "ServerShuttingDown",
     "UnsupportedParameter",
     "UpstreamConnectError",
     "UpstreamError",
@@ -73,6 +77,11 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
 class AuthenticationFailed(InterferenceError):
     status = 401
     type = "invalid_request_error"
@@ -107,6 +116,13 @@ class RequestTimedOut(InterferenceError):
     status = 504
     type = "timeout_error"
     code = "request_timeout"
+
+
+class ServerShuttingDown(InterferenceError):
+    """The server is draining on SIGTERM/SIGINT; a stream still running at the deadline ends with this."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class UpstreamError(InterferenceError):

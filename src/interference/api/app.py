@@ -13,6 +13,7 @@ from ..config import Settings
 from ..router import Route, Router
 from .auth import ApiKeyMiddleware
 from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .routes import api_router, health_router
 from .state import AppState
@@ -56,5 +57,6 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(api_router)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mib * 2**20))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

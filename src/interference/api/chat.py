@@ -13,13 +13,15 @@ from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
 from .serving import fold, open_stream, sse_frames, usage_dict
+from .shutdown import Shutdown
 
 __all__ = ["ChatServing"]
 
 
 class ChatServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: ChatCompletionRequest) -> Response:
         first, stream = await open_stream(self._router.chat(request))
@@ -103,6 +105,7 @@ class ChatServing:
             chunks=chunks,
             openings=roles,
             usage_chunk=usage_chunk if request.include_usage else None,
+            shutdown=self._shutdown,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 

@@ -12,13 +12,15 @@ from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
 from .serving import fold, open_stream, sse_frames, usage_dict
+from .shutdown import Shutdown
 
 __all__ = ["CompletionServing"]
 
 
 class CompletionServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: CompletionRequest) -> Response:
         first, stream = await open_stream(self._router.complete(request))
@@ -70,5 +72,6 @@ class CompletionServing:
             chunks=chunks,
             openings=[],
             usage_chunk=usage_chunk if request.include_usage else None,
+            shutdown=self._shutdown,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -12,6 +12,7 @@ one ``error`` event, and the stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -21,13 +22,13 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InterferenceError, UnsupportedParameter
-from ..protocol import ChatCompletionRequest
-from ..protocol import ResponseRequest, response_item_id
+from ..protocol import ChatCompletionRequest, ResponseRequest, response_item_id
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from ..router import Router
 from . import sse
 from .errors import error_body
 from .serving import UsageTally, fold, iter_all, open_stream
+from .shutdown import Shutdown
 
 __all__ = ["ResponseServing"]
 
@@ -38,8 +39,9 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 
 class ResponseServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: ResponseRequest) -> Response:
         refused = request.unsupported
@@ -51,7 +53,8 @@ class ResponseServing:
         if not request.stream:
             folded = await fold(first, stream)
             return JSONResponse(draft.final(folded.text(0), folded.finish.get(0), folded.usage))
-        return StreamingResponse(draft.events(first, stream), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        events = draft.events(first, stream, self._shutdown)
+        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 def _chat_request(request: ResponseRequest) -> ChatCompletionRequest:
@@ -134,7 +137,9 @@ class _Draft:
         status = "incomplete" if reason else "completed"
         return self.envelope(status, [self.message(status, [_text_part(text)])], usage, reason=reason)
 
-    async def events(self, first: Delta | None, stream: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    async def events(
+        self, first: Delta | None, stream: AsyncIterator[Delta], shutdown: Shutdown
+    ) -> AsyncIterator[bytes]:
         numbers = itertools.count()
 
         def event(kind: str, **payload: Any) -> bytes:
@@ -144,6 +149,7 @@ class _Draft:
         texts: list[str] = []
         finish: str | None = None
         tally = UsageTally()
+        task = shutdown.track()
         try:
             opening = self.envelope("in_progress", [], None)
             yield event("response.created", response=opening)
@@ -166,6 +172,10 @@ class _Draft:
             yield event("response.output_item.done", output_index=0, item=final["output"][0])
             done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
             yield event(done, response=final)
+        except asyncio.CancelledError:
+            if not shutdown.claim(task):
+                raise
+            yield event("error", **_error_fields(shutdown.error()))
         except InterferenceError as exc:
             logger.warning("response stream failed after it started: %r", exc)
             yield event("error", **_error_fields(exc))
@@ -175,6 +185,7 @@ class _Draft:
                 "error", **_error_fields(InterferenceError("The server had an error while streaming."))
             )
         finally:
+            shutdown.untrack(task)
             await aclose_stream(stream)
 
 

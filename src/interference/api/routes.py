@@ -12,9 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from ..protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from ..protocol import EmbeddingRequest
-from ..protocol import ResponseRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .state import AppState
@@ -77,5 +75,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 @health_router.get("/health")
 async def health(request: Request) -> Response:
     state = _state(request)
+    if state.shutdown.is_draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
     healthy = all(p.is_healthy() for p in state.router.providers)
     return JSONResponse({"status": "ok" if healthy else "degraded"}, status_code=200 if healthy else 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
+from .shutdown import Shutdown
 
 __all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
@@ -144,12 +146,15 @@ async def sse_frames(
     chunks: Callable[[Delta], list[dict[str, Any]]],
     openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+    shutdown: Shutdown,
 ) -> AsyncIterator[bytes]:
     """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
-    A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``.
+    A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``;
+    so does a stream cut at the shutdown deadline.
     """
     tally = UsageTally()
+    task = shutdown.track()
     try:
         for opening in openings:
             yield sse.encode(opening)
@@ -159,6 +164,10 @@ async def sse_frames(
             tally.add(delta.usage)
         if usage_chunk is not None:
             yield sse.encode(usage_chunk(tally.usage))
+    except asyncio.CancelledError:
+        if not shutdown.claim(task):
+            raise
+        yield sse.encode(error_body(shutdown.error()).model_dump())
     except InterferenceError as exc:
         logger.warning("stream failed after it started: %r", exc)
         yield sse.encode(error_body(exc).model_dump())
@@ -168,5 +177,6 @@ async def sse_frames(
             error_body(InterferenceError("The server had an error while streaming.")).model_dump()
         )
     finally:
+        shutdown.untrack(task)
         await aclose_stream(stream)
     yield sse.DONE

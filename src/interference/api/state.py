@@ -9,6 +9,7 @@ from .chat import ChatServing
 from .completions import CompletionServing
 from .embeddings import EmbeddingServing
 from .responses import ResponseServing
+from .shutdown import Shutdown
 
 __all__ = ["AppState"]
 
@@ -20,13 +21,16 @@ class AppState:
     completions: CompletionServing
     embeddings: EmbeddingServing
     responses: ResponseServing
+    shutdown: Shutdown
 
     @classmethod
     def build(cls, router: Router) -> AppState:
+        shutdown = Shutdown()
         return cls(
             router=router,
-            chat=ChatServing(router),
-            completions=CompletionServing(router),
+            chat=ChatServing(router, shutdown),
+            completions=CompletionServing(router, shutdown),
             embeddings=EmbeddingServing(router),
-            responses=ResponseServing(router),
+            responses=ResponseServing(router, shutdown),
+            shutdown=shutdown,
         )

@@ -1,0 +1,149 @@
+"""The HTTP server: uvicorn with a header timeout and a graceful shutdown of our own.
+
+uvicorn closes idle keep-alive connections but has no limit on a request whose headers never
+finish: a client that connects and drips (or sends nothing) holds a connection forever.
+``header_timeout_protocol`` gives each request ``header_timeout`` seconds, counted from the
+connection (or the request's first byte) to the end of its headers, then answers 408 and closes.
+
+On SIGTERM or SIGINT, ``GracefulServer`` stops accepting, turns ``/health`` to 503 and lets running
+requests finish for ``shutdown_timeout`` seconds. Streams still running then end with an error
+event and ``[DONE]``; anything left a moment later is cancelled. The process exits with 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .api.shutdown import Shutdown
+
+__all__ = ["GracefulServer", "header_timeout_protocol", "serve"]
+
+logger = logging.getLogger(__name__)
+
+# After the shutdown timeout, cut streams get this long to send their error event and [DONE].
+_CUT_GRACE = 2.0
+
+_TIMEOUT_BODY = orjson.dumps(
+    {
+        "error": {
+            "message": "The request headers did not arrive in time.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_header_timeout",
+        }
+    }
+)
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, closing connections whose request headers take over ``seconds``."""
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_header_timer()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            # A keep-alive connection's next request gets its own allowance.
+            if self._header_timer is None:
+                self._start_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._stop_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _start_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(seconds, self._headers_timed_out)
+
+        def _stop_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_timed_out(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            # Only when no response is under way: a pipelined request must not cut its predecessor.
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with our drain: health 503, streams cut with an error at the deadline, exit 0."""
+
+    def __init__(self, config: uvicorn.Config, *, shutdown: Shutdown, timeout: float) -> None:
+        super().__init__(config)
+        self._drain = shutdown
+        self._timeout = timeout
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the caught signal once serving ends, so the process would die by
+        # SIGTERM (or KeyboardInterrupt); a drained server has done its job and exits with 0.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._drain.begin()
+        logger.info("draining: running requests have %.0f s to finish", self._timeout)
+        cut = asyncio.get_running_loop().call_later(self._timeout, self._drain.cut_streams)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
+
+
+def serve(app: FastAPI, sock: socket.socket, settings: Settings, *, access_log: bool) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then drain."""
+    options: dict[str, Any] = {
+        "log_level": settings.log_level,
+        "access_log": access_log,
+        "log_config": None,
+        "http": header_timeout_protocol(settings.header_timeout),
+        # uvicorn's own limit is the backstop, after the streams were cut with an error at ours.
+        "timeout_graceful_shutdown": settings.shutdown_timeout + _CUT_GRACE,
+    }
+    config = uvicorn.Config(app, **options)
+    server = GracefulServer(
+        config, shutdown=app.state.interference.shutdown, timeout=settings.shutdown_timeout
+    )
+    server.run(sockets=[sock])
