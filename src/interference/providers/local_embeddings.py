@@ -10,10 +10,9 @@ from typing import NoReturn
 from ..config import Settings
 from ..engine._llama import ModelLoadError, physical_cores
 from ..engine.embedding_source import EmbeddingSource
-from ..engine.embeddings import EmbeddingEngine, EmbeddingInputError
-from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest
-from ..protocol import ChatCompletionRequest, CompletionRequest
-from ..protocol import EmbeddingRequest
+from ..engine.embeddings import EmbeddingBusy, EmbeddingEngine, EmbeddingInputError
+from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .base import Delta, Embeddings, Provider
 
 __all__ = ["EMBEDDING_ALIASES", "LocalEmbeddingProvider", "embedding_provider"]
@@ -39,7 +38,10 @@ def embedding_provider(settings: Settings) -> LocalEmbeddingProvider | None:
             "/v1/embeddings will answer 404 for the default names"
         )
         return None
-    return LocalEmbeddingProvider(EmbeddingEngine(source, threads=settings.threads or physical_cores()))
+    threads = settings.threads or physical_cores()
+    return LocalEmbeddingProvider(
+        EmbeddingEngine(source, threads=threads, max_waiting=settings.embedding_queue)
+    )
 
 
 class LocalEmbeddingProvider(Provider):
@@ -70,6 +72,11 @@ class LocalEmbeddingProvider(Provider):
             raise InvalidRequest(exc.message, param=exc.param) from None
         except ModelLoadError as exc:
             raise EngineFailure(str(exc)) from None
+        except EmbeddingBusy as exc:
+            raise Overloaded(
+                f"The embedding model is at capacity: {exc.waiting} requests are waiting. Retry shortly.",
+                retry_after=exc.retry_after,
+            ) from None
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
