@@ -15,7 +15,8 @@ from .auth import ApiKeyMiddleware
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
-from .routes import api_router, health_router
+from .openapi import install_openapi
+from .routes import REQUEST_MODELS, api_router, health_router
 from .state import AppState
 
 __all__ = ["create_app"]
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(health_router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
+    install_openapi(app, REQUEST_MODELS)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mib * 2**20))

@@ -15,11 +15,15 @@ from starlette.responses import JSONResponse, Response
 from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ResponseRequest
 from .cancellation import with_cancellation
 from .errors import validation_error
+from .openapi import request_body
 from .state import AppState
 
-__all__ = ["api_router", "health_router"]
+__all__ = ["REQUEST_MODELS", "api_router", "health_router"]
 
 M = TypeVar("M", bound=BaseModel)
+
+# Parsed by hand in the handlers; declared to the OpenAPI document by ``request_body``.
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponseRequest)
 
 api_router = APIRouter()
 health_router = APIRouter()
@@ -38,25 +42,25 @@ def _state(request: Request) -> AppState:
     return state
 
 
-@api_router.post("/chat/completions")
+@api_router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     return await with_cancellation(request, _state(request).chat.create(body))
 
 
-@api_router.post("/completions")
+@api_router.post("/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await with_cancellation(request, _state(request).completions.create(body))
 
 
-@api_router.post("/embeddings")
+@api_router.post("/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
     return await with_cancellation(request, _state(request).embeddings.create(body))
 
 
-@api_router.post("/responses")
+@api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
     return await with_cancellation(request, _state(request).responses.create(body))
