@@ -3,7 +3,8 @@
 uvicorn closes idle keep-alive connections but has no limit on a request whose headers never
 finish: a client that connects and drips (or sends nothing) holds a connection forever.
 ``header_timeout_protocol`` gives each request ``header_timeout`` seconds, counted from the
-connection (or the request's first byte) to the end of its headers, then answers 408 and closes.
+connection (or the request's first byte) to the end of its headers, then answers 408 and closes;
+headers over 64 KiB get a 431. Malformed HTTP gets its 400 in OpenAI's envelope too.
 
 On SIGTERM or SIGINT, ``GracefulServer`` stops accepting, turns ``/health`` to 503 and lets running
 requests finish for ``shutdown_timeout`` seconds. Streams still running then end with an error
@@ -32,38 +33,58 @@ if TYPE_CHECKING:
 
     from .api.shutdown import Shutdown
 
-__all__ = ["GracefulServer", "header_timeout_protocol", "serve"]
+__all__ = ["MAX_HEADER_BYTES", "GracefulServer", "header_timeout_protocol", "serve"]
 
 logger = logging.getLogger(__name__)
 
 # After the shutdown timeout, cut streams get this long to send their error event and [DONE].
 _CUT_GRACE = 2.0
 
-_TIMEOUT_BODY = orjson.dumps(
-    {
-        "error": {
-            "message": "The request headers did not arrive in time.",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_header_timeout",
-        }
-    }
+# Request line plus headers: llhttp sets no limit, so a client could send headers without end.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _error_response(status: bytes, message: str, code: str) -> bytes:
+    """A whole HTTP response holding OpenAI's error envelope, for errors before any ASGI app runs."""
+    body = orjson.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    )
+    head = b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    return head + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+_TIMED_OUT = _error_response(
+    b"408 Request Timeout", "The request headers did not arrive in time.", "request_header_timeout"
 )
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+_TOO_LARGE = _error_response(
+    b"431 Request Header Fields Too Large",
+    f"The request line and headers are larger than {MAX_HEADER_BYTES // 1024} KiB.",
+    "request_header_too_large",
 )
 
 
 def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol, closing connections whose request headers take over ``seconds``."""
+    """uvicorn's httptools protocol with bounded request headers, and parse errors in our envelope.
+
+    Headers must be complete within ``seconds`` of the connection (or of the request's first byte)
+    and within ``MAX_HEADER_BYTES``; otherwise the client gets a 408 or 431 and the connection closes.
+    """
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._start_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # Still waiting for the end of the headers after this data: it all counts against them.
+            if self._header_timer is not None:
+                self._header_bytes += len(data)
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    self._refuse(_TOO_LARGE)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -79,21 +100,27 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
             self._stop_header_timer()
             super().connection_lost(exc)
 
+        def send_400_response(self, msg: str) -> None:
+            self._stop_header_timer()
+            self.transport.write(_error_response(b"400 Bad Request", msg, "invalid_http_request"))
+            self.transport.close()
+
         def _start_header_timer(self) -> None:
-            self._header_timer = self.loop.call_later(seconds, self._headers_timed_out)
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(seconds, self._refuse, _TIMED_OUT)
 
         def _stop_header_timer(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
 
-        def _headers_timed_out(self) -> None:
-            self._header_timer = None
+        def _refuse(self, response: bytes) -> None:
+            self._stop_header_timer()
             if self.transport.is_closing():
                 return
             # Only when no response is under way: a pipelined request must not cut its predecessor.
             if self.cycle is None or self.cycle.response_complete:
-                self.transport.write(_TIMEOUT_RESPONSE)
+                self.transport.write(response)
             self.transport.close()
 
     return HeaderTimeoutProtocol
