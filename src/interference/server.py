@@ -72,7 +72,9 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
-        _header_bytes = 0
+        _header_bytes = 0  # raw bytes received while the headers are incomplete
+        _parsed_bytes = 0  # request line and headers as parsed, for those that came in one read
+        _too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -86,7 +88,23 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
                 if self._header_bytes > MAX_HEADER_BYTES:
                     self._refuse(_TOO_LARGE)
 
+        def on_url(self, url: bytes) -> None:
+            self._parsed(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._parsed(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _parsed(self, size: int) -> None:
+            self._parsed_bytes += size
+            if self._parsed_bytes > MAX_HEADER_BYTES:
+                self._too_large = True
+                # The parser turns this into its error path, which ends in send_400_response.
+                raise ValueError("request headers too large")
+
         def on_message_begin(self) -> None:
+            self._parsed_bytes = 0
             super().on_message_begin()
             # A keep-alive connection's next request gets its own allowance.
             if self._header_timer is None:
@@ -102,7 +120,10 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
         def send_400_response(self, msg: str) -> None:
             self._stop_header_timer()
-            self.transport.write(_error_response(b"400 Bad Request", msg, "invalid_http_request"))
+            if self._too_large:
+                self.transport.write(_TOO_LARGE)
+            else:
+                self.transport.write(_error_response(b"400 Bad Request", msg, "invalid_http_request"))
             self.transport.close()
 
         def _start_header_timer(self) -> None:

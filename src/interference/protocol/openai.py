@@ -94,7 +94,7 @@ class SamplingFields(WireModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     presence_penalty: Penalty | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     stop: StopField = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
