@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from .errors import InterferenceError, ModelNotFound, Overloaded, UpstreamError
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard
-from .protocol import EmbeddingRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard
 from .providers.base import Delta, Embeddings, Provider, aclose_stream
 
 __all__ = ["Deployment", "Health", "Route", "Router"]

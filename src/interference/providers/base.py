@@ -11,8 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidRequest
-from ..protocol import ChatCompletionRequest, CompletionRequest
-from ..protocol import EmbeddingRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 __all__ = ["Delta", "Embeddings", "Provider", "TokenUsage", "aclose_stream"]
 

@@ -39,8 +39,7 @@ from ..errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from ..protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from ..protocol import EmbeddingRequest
+from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from .base import Delta, Embeddings, Provider, TokenUsage
 from .http1 import Http1Transport
 from .sse import SSEDecoder
