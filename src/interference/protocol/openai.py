@@ -138,14 +138,20 @@ class ImagePart(WireModel):
     image_url: dict[str, Any]
 
 
+class RefusalPart(WireModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 class _Message(WireModel):
     """What every chat message has: a role and (for most roles) content."""
 
-    content: str | Sequence[ContentPart] | None = None
+    content: str | Sequence[ContentPart | RefusalPart] | None = None
 
     @property
     def text(self) -> str:
@@ -183,7 +189,7 @@ class ToolCall(WireModel):
 
 class AssistantMessage(_Message):
     role: Literal["assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[AssistantPart] | None = None
     name: str | None = None
     refusal: str | None = None
     tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None
