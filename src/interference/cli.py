@@ -129,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let pages from this origin call the API ('*' for any; repeatable; default: none)",
     )
+    limits = serve.add_argument_group("limits and shutdown")
+    limits.add_argument(
+        "--max-body-mib", type=float, metavar="MIB", help="largest request body, then 413 (default: 16)"
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete by then (default: 10)",
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, let running streams finish this long (default: 30)",
+    )
+    limits.add_argument(
+        "--embedding-queue",
+        type=int,
+        metavar="N",
+        help="embedding requests that may wait for the embedding model before 429 (default: 64)",
+    )
     _common_flags(serve)
     _engine_flags(serve)
 
@@ -159,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
     "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model", "log_format", "access_log", "cors_origins",
+    "embedding_model", "log_format", "access_log", "cors_origins", "max_body_mib", "header_timeout",
+    "shutdown_timeout", "embedding_queue",
 )  # fmt: skip
 
 
@@ -243,16 +266,8 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
         return _fail(str(exc))
 
-    import uvicorn
+    from .server import serve
 
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=False,  # ours (api/request_log.py) replaces uvicorn's: it has the request id
-        timeout_graceful_shutdown=5,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
     port = sock.getsockname()[1]
     logger.info(
         "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s",
@@ -260,7 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
         port,
         time.perf_counter() - started,
     )
-    server.run(sockets=[sock])
+    serve(app, sock, settings, access_log=False)  # ours (api/request_log.py) replaces uvicorn's
     return 0
 
 

@@ -144,6 +144,11 @@ class Settings(EngineOptions):
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
     embeddings: bool = True
     embedding_model: str | None = None
+    # Limits and shutdown (README: "Limits and shutdown").
+    max_body_mib: Annotated[float, Field(gt=0)] = 16.0
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+    embedding_queue: Annotated[int, Field(ge=0)] = 64
 
     @property
     def engine_options(self) -> EngineOptions:
@@ -173,6 +178,10 @@ _ENV_KEYS = {
     "CORS_ORIGINS": "cors_origins",
     "EMBEDDINGS": "embeddings",
     "EMBEDDING_MODEL": "embedding_model",
+    "MAX_BODY_MIB": "max_body_mib",
+    "HEADER_TIMEOUT": "header_timeout",
+    "SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "EMBEDDING_QUEUE": "embedding_queue",
 }
 _LIST_KEYS = {"aliases", "api_keys", "cors_origins"}
 

@@ -6,13 +6,15 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     InterferenceError (500 server_error)
     ├── InvalidRequest (400 invalid_request_error)
     │   ├── ContextLengthExceeded (code context_length_exceeded)
-    │   └── UnsupportedParameter (code unsupported_parameter)
+    │   ├── UnsupportedParameter (code unsupported_parameter)
+    │   └── RequestTooLarge (413)
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (code model_not_found)
     ├── Overloaded (429, Retry-After)
     ├── RequestTimedOut (504)
     ├── ServiceUnavailable (503)
+    ├── ServerShuttingDown (503)
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
@@ -33,6 +35,8 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RequestTimedOut",
+    "RequestTooLarge",
+    "ServerShuttingDown",
     "ServiceUnavailable",
     "UnsupportedParameter",
     "UpstreamAuthError",
@@ -78,6 +82,11 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
 class AuthenticationFailed(InterferenceError):
     status = 401
     type = "invalid_request_error"
@@ -120,6 +129,13 @@ class ServiceUnavailable(InterferenceError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class ServerShuttingDown(InterferenceError):
+    """The server is draining on SIGTERM/SIGINT; a stream still running at the deadline ends with this."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class UpstreamError(InterferenceError):

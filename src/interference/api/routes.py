@@ -23,12 +23,23 @@ from ..protocol import (
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .models import model_card, model_list
+from .openapi import request_body
 from .request_log import RequestRecord, record_of
 from .state import AppState
 
-__all__ = ["api_router", "health_router"]
+__all__ = ["REQUEST_MODELS", "api_router", "health_router"]
 
 M = TypeVar("M", bound=BaseModel)
+
+# Parsed by hand in the handlers; declared to the OpenAPI document by ``request_body``.
+REQUEST_MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseRequest,
+    MessagesRequest,
+    CountTokensRequest,
+)
 
 api_router = APIRouter()
 health_router = APIRouter()
@@ -54,7 +65,7 @@ def _state(request: Request) -> AppState:
     return state
 
 
-@api_router.post("/chat/completions")
+@api_router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     return await with_cancellation(
@@ -62,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-@api_router.post("/completions")
+@api_router.post("/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await with_cancellation(
@@ -70,7 +81,7 @@ async def completions(request: Request) -> Response:
     )
 
 
-@api_router.post("/embeddings")
+@api_router.post("/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
     return await with_cancellation(
@@ -78,7 +89,7 @@ async def embeddings(request: Request) -> Response:
     )
 
 
-@api_router.post("/responses")
+@api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
     return await with_cancellation(
@@ -86,7 +97,7 @@ async def responses(request: Request) -> Response:
     )
 
 
-@api_router.post("/messages")
+@api_router.post("/messages", openapi_extra=request_body(MessagesRequest))
 async def messages(request: Request) -> Response:
     body = await _parse(request, MessagesRequest)
     return await with_cancellation(
@@ -94,7 +105,7 @@ async def messages(request: Request) -> Response:
     )
 
 
-@api_router.post("/messages/count_tokens")
+@api_router.post("/messages/count_tokens", openapi_extra=request_body(CountTokensRequest))
 async def count_tokens(request: Request) -> Response:
     body = await _parse(request, CountTokensRequest)
     _record(request, body.model)
@@ -114,5 +125,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 @health_router.get("/health")
 async def health(request: Request) -> Response:
     state = _state(request)
+    if state.shutdown.is_draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
     healthy = all(p.is_healthy() for p in state.router.providers)
     return JSONResponse({"status": "ok" if healthy else "degraded"}, status_code=200 if healthy else 503)
