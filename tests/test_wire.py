@@ -95,7 +95,7 @@ BAD_REQUESTS = [
     (_chat(messages=[]), "messages"),
     (_chat(messages="hello"), "messages"),
     (_chat(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role"),
-    (_chat(messages=[{"role": "user"}]), "messages[0]"),
+    (_chat(messages=[{"role": "user"}]), "messages[0].content"),
     (_chat(messages=[{"role": "user", "content": 42}]), "messages[0].content"),
     (_chat(temperature=2.5), "temperature"),
     (_chat(temperature=-0.1), "temperature"),
@@ -111,6 +111,22 @@ BAD_REQUESTS = [
     (_chat(frequency_penalty=-3), "frequency_penalty"),
     (_chat(stream_options={"include_usage": True}), None),
     ({"messages": MESSAGES}, "model"),
+    # Tool history: each shape reaches no provider unchecked.
+    (_chat(messages=[*MESSAGES, {"role": "tool", "content": "42"}]), "messages[1].tool_call_id"),
+    (
+        _chat(messages=[*MESSAGES, {"role": "assistant", "tool_calls": [{"id": "c", "function": "f()"}]}]),
+        "messages[1].tool_calls[0].function",
+    ),
+    (
+        _chat(messages=[*MESSAGES, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]),
+        "messages[1].tool_calls[0].function",
+    ),
+    (
+        _chat(messages=[*MESSAGES, {"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]),
+        "messages[1].tool_calls[0].id",
+    ),
+    (_chat(messages=[{"role": "function", "content": "x"}]), "messages[0].name"),
+    (_chat(messages=["hello"]), "messages[0].role"),
 ]
 
 

@@ -28,7 +28,12 @@ Settings come from flags, then INTERFERENCE_* environment variables, then a TOML
 """
 
 
-_GROUP_TITLES = {"engine": "local engine", "models": "many local models (docs/models.md)"}
+_GROUP_TITLES = {
+    "engine": "local engine",
+    "models": "many local models (docs/models.md)",
+    "limits": "limits and shutdown",
+}
+_SERVE_ONLY = ("server", "limits")
 
 
 def _value_kind(annotation: Any) -> dict[str, Any]:
@@ -48,7 +53,7 @@ def _setting_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
     """One flag per setting that declares a ``Flag`` in config.py (``server`` ones only for serve)."""
     groups: dict[str, Any] = {}
     for name, spec in setting_flags().items():
-        if spec.group == "server" and not server:
+        if spec.group in _SERVE_ONLY and not server:
             continue
         title = _GROUP_TITLES.get(spec.group)
         target = p if title is None else groups.setdefault(spec.group, p.add_argument_group(title))
@@ -185,16 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
         return _fail(str(exc))
 
-    import uvicorn
+    from .server import serve
 
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=False,  # ours (api/request_log.py) replaces uvicorn's: it has the request id
-        timeout_graceful_shutdown=5,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
     port = sock.getsockname()[1]
     logger.info(
         "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s",
@@ -202,7 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
         port,
         time.perf_counter() - started,
     )
-    server.run(sockets=[sock])
+    serve(app, sock, settings, access_log=False)  # ours (api/request_log.py) replaces uvicorn's
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from .flags import Flag, flag
 
 __all__ = [
     "CLAUDE_ALIASES",
@@ -69,32 +70,6 @@ class ConfigError(Exception):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-@dataclass(frozen=True, slots=True)
-class Flag:
-    """How a setting appears on the command line (``cli.py`` builds its parser from these).
-
-    ``action``: ``store`` takes a value (its type and choices come from the field), ``append`` may repeat,
-    ``true``/``false`` set the value without one, ``toggle`` is ``--x/--no-x``. ``server`` flags belong to
-    ``serve`` only; the others to ``models`` too.
-    """
-
-    names: tuple[str, ...]
-    help: str
-    metavar: str | None = None
-    action: Literal["store", "append", "true", "false", "toggle"] = "store"
-    group: Literal["server", "common", "engine", "models"] = "engine"
-
-
-def flag(
-    *names: str,
-    help: str,
-    metavar: str | None = None,
-    action: Literal["store", "append", "true", "false", "toggle"] = "store",
-    group: Literal["server", "common", "engine", "models"] = "engine",
-) -> Flag:
-    return Flag(names=names, help=help, metavar=metavar, action=action, group=group)
 
 
 class EngineOptions(_Frozen):
@@ -338,6 +313,41 @@ class Settings(BaseSettings, EngineOptions):
             help="load the default model on its first request, not at start-up",
         ),
     ] = False  # fmt: skip
+    # Limits and shutdown (README: "Limits and shutdown").
+    max_body_mib: Annotated[
+        float,
+        Field(gt=0),
+        flag(
+            "--max-body-mib",
+            metavar="MIB",
+            group="limits",
+            help="largest request body, then 413 (default: 16)",
+        ),
+    ] = 16.0
+    header_timeout: Annotated[
+        float,
+        Field(gt=0),
+        flag(
+            "--header-timeout", metavar="SECONDS", group="limits",
+            help="close a connection whose request headers are not complete by then (default: 10)",
+        ),
+    ] = 10.0  # fmt: skip
+    shutdown_timeout: Annotated[
+        float,
+        Field(ge=0),
+        flag(
+            "--shutdown-timeout", metavar="SECONDS", group="limits",
+            help="on SIGTERM/SIGINT, let running streams finish this long (default: 30)",
+        ),
+    ] = 30.0  # fmt: skip
+    embedding_queue: Annotated[
+        int,
+        Field(ge=0),
+        flag(
+            "--embedding-queue", metavar="N", group="limits",
+            help="embedding requests that may wait for the embedding model before 429 (default: 64)",
+        ),
+    ] = 64  # fmt: skip
 
     @property
     def engine_options(self) -> EngineOptions:

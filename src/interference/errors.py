@@ -6,7 +6,8 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     InterferenceError (500 server_error)
     ├── InvalidRequest (400 invalid_request_error)
     │   ├── ContextLengthExceeded (code context_length_exceeded)
-    │   └── UnsupportedParameter (code unsupported_parameter)
+    │   ├── UnsupportedParameter (code unsupported_parameter)
+    │   └── RequestTooLarge (413)
     ├── AuthenticationFailed (401)
     ├── NotFound (404)
     │   └── ModelNotFound (code model_not_found)
@@ -15,6 +16,7 @@ importing the HTTP layer; ``api/errors.py`` turns them into the OpenAI envelope.
     ├── ServiceUnavailable (503)
     │   ├── InsufficientMemory (code insufficient_memory: a model does not fit the memory budget)
     │   └── ModelLoadTimeout (code model_load_timeout)
+    ├── ServerShuttingDown (503)
     └── UpstreamError (502)
         ├── UpstreamConnectError
         ├── UpstreamTimeout (504)
@@ -37,6 +39,8 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RequestTimedOut",
+    "RequestTooLarge",
+    "ServerShuttingDown",
     "ServiceUnavailable",
     "UnsupportedParameter",
     "UpstreamAuthError",
@@ -80,6 +84,11 @@ class ContextLengthExceeded(InvalidRequest):
 
 class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
 
 
 class AuthenticationFailed(InterferenceError):
@@ -134,6 +143,13 @@ class InsufficientMemory(ServiceUnavailable):
 
 class ModelLoadTimeout(ServiceUnavailable):
     code = "model_load_timeout"
+
+
+class ServerShuttingDown(InterferenceError):
+    """The server is draining on SIGTERM/SIGINT; a stream still running at the deadline ends with this."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class UpstreamError(InterferenceError):

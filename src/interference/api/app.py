@@ -14,11 +14,13 @@ from ..config import Settings
 from ..router import Route, Router
 from .auth import ApiKeyMiddleware
 from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
+from .openapi import install_openapi
 from .page import install_page
 from .request_log import HEADER as REQUEST_ID_HEADER
 from .request_log import RequestIdMiddleware
-from .routes import api_router, health_router
+from .routes import REQUEST_MODELS, api_router, health_router
 from .state import AppState
 
 __all__ = ["create_app"]
@@ -60,8 +62,10 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
     install_page(app)
+    install_openapi(app, REQUEST_MODELS)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mib * 2**20))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

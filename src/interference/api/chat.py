@@ -14,13 +14,15 @@ from ..router import Router
 from . import sse
 from .request_log import RequestRecord
 from .serving import fold, open_stream, sse_frames, usage_dict
+from .shutdown import Shutdown
 
 __all__ = ["ChatServing"]
 
 
 class ChatServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(
         self, request: ChatCompletionRequest, *, record: RequestRecord | None = None
@@ -107,6 +109,7 @@ class ChatServing:
             openings=roles,
             usage_chunk=usage_chunk if request.include_usage else None,
             record=record,
+            shutdown=self._shutdown,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 

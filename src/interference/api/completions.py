@@ -13,13 +13,15 @@ from ..router import Router
 from . import sse
 from .request_log import RequestRecord
 from .serving import fold, open_stream, sse_frames, usage_dict
+from .shutdown import Shutdown
 
 __all__ = ["CompletionServing"]
 
 
 class CompletionServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: CompletionRequest, *, record: RequestRecord | None = None) -> Response:
         first, stream = await open_stream(self._router.complete(request), record)
@@ -72,5 +74,6 @@ class CompletionServing:
             openings=[],
             usage_chunk=usage_chunk if request.include_usage else None,
             record=record,
+            shutdown=self._shutdown,
         )
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

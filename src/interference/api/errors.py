@@ -45,7 +45,12 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "
 
 def _is_type_tag(item: str) -> bool:
     """Union branch names pydantic puts in locations ('str', 'list[str]', 'function-after[...]')."""
-    return item in _TYPE_TAGS or "[" in item or item.startswith(("function-", "constrained-", "json-"))
+    return (
+        item in _TYPE_TAGS
+        or "[" in item
+        or item.endswith("-message")  # the chat message union's role tags
+        or item.startswith(("function-", "constrained-", "json-"))
+    )
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
@@ -65,10 +70,14 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     err = errors[0]
     if err.get("type") == "json_invalid":
         return InvalidRequest(f"We could not parse the JSON body of your request: {err.get('msg')}")
-    cause = (err.get("ctx") or {}).get("error")
+    ctx = err.get("ctx") or {}
+    cause = ctx.get("error")
+    loc = tuple(err.get("loc", ()))
     if isinstance(cause, ParamError):
         return InvalidRequest(str(cause), param=cause.param)
-    param = _param(tuple(err.get("loc", ())))
+    if isinstance(ctx.get("discriminator"), str):
+        loc = (*loc, ctx["discriminator"].strip("'"))  # a tagged union's bad tag is the tag field's fault
+    param = _param(loc)
     msg = str(err.get("msg", "invalid value"))
     if err.get("type") == "missing":
         text = f"Missing required parameter: '{param}'."

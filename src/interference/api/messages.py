@@ -14,6 +14,7 @@ A failure after the first byte is one ``error`` event, and the stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from . import sse
 from .errors import anthropic_error_body
 from .request_log import RequestRecord
 from .serving import UsageTally, fold, iter_all, open_stream
+from .shutdown import Shutdown
 
 __all__ = ["MessagesServing"]
 
@@ -40,8 +42,9 @@ Item = Delta | MessageEvent
 
 
 class MessagesServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: MessagesRequest, *, record: RequestRecord | None = None) -> Response:
         first, stream = await open_stream(self._router.messages(request), record)
@@ -49,7 +52,7 @@ class MessagesServing:
             if not request.stream:
                 await aclose_stream(stream)
                 return JSONResponse({**first.data, "model": request.model})
-            return _streaming(_relay(request.model, first, stream))
+            return _streaming(_relay(request.model, first, stream, self._shutdown))
         deltas = cast(AsyncIterator[Delta], stream)
         draft = _Draft(request.model)
         if not request.stream:
@@ -57,7 +60,7 @@ class MessagesServing:
             blocks = draft.blocks(folded.text(0), folded.calls(0))
             reason = stop_reason(folded.finish.get(0), folded.stop_sequences.get(0))
             return JSONResponse(draft.message(blocks, reason, folded.stop_sequences.get(0), folded.usage))
-        return _streaming(draft.events(first, deltas, record))
+        return _streaming(draft.events(first, deltas, self._shutdown, record))
 
     async def count_tokens(self, request: CountTokensRequest) -> Response:
         return JSONResponse({"input_tokens": await self._router.count_tokens(request)})
@@ -143,7 +146,11 @@ class _Draft:
         }
 
     async def events(
-        self, first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+        self,
+        first: Delta | None,
+        stream: AsyncIterator[Delta],
+        shutdown: Shutdown,
+        record: RequestRecord | None = None,
     ) -> AsyncIterator[bytes]:
         def event(kind: str, **payload: Any) -> bytes:
             return sse.encode_event(kind, {"type": kind, **payload})
@@ -153,6 +160,7 @@ class _Draft:
         finish: str | None = None
         sequence: str | None = None
         tally = UsageTally()
+        task = shutdown.track()
         try:
             early = first.usage if first is not None else None
             opening = TokenUsage(early.prompt_tokens, 0, early.cached_tokens) if early else None
@@ -200,14 +208,22 @@ class _Draft:
             yield event("message_stop")
             if record is not None:
                 record.usage = tally.usage
+        except asyncio.CancelledError:
+            if not shutdown.claim(task):
+                raise
+            yield _error_event(shutdown.error())
         except Exception as exc:
             yield _error_event(exc)
         finally:
+            shutdown.untrack(task)
             await aclose_stream(stream)
 
 
-async def _relay(model: str, first: MessageEvent, stream: AsyncIterator[Item]) -> AsyncIterator[bytes]:
+async def _relay(
+    model: str, first: MessageEvent, stream: AsyncIterator[Item], shutdown: Shutdown
+) -> AsyncIterator[bytes]:
     """A native upstream's events as they come; ``message_start`` names the model the client asked for."""
+    task = shutdown.track()
     try:
         async for item in iter_all(first, stream):
             if not isinstance(item, MessageEvent):
@@ -216,7 +232,12 @@ async def _relay(model: str, first: MessageEvent, stream: AsyncIterator[Item]) -
             if item.name == "message_start" and isinstance(data.get("message"), dict):
                 data = {**data, "message": {**data["message"], "model": model}}
             yield sse.encode_event(item.name, data)
+    except asyncio.CancelledError:
+        if not shutdown.claim(task):
+            raise
+        yield _error_event(shutdown.error())
     except Exception as exc:
         yield _error_event(exc)
     finally:
+        shutdown.untrack(task)
         await aclose_stream(stream)

@@ -12,6 +12,7 @@ one ``error`` event, and the stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -28,6 +29,7 @@ from . import sse
 from .errors import error_body
 from .request_log import RequestRecord
 from .serving import UsageTally, fold, iter_all, open_stream
+from .shutdown import Shutdown
 
 __all__ = ["ResponseServing"]
 
@@ -38,8 +40,9 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 
 class ResponseServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown) -> None:
         self._router = router
+        self._shutdown = shutdown
 
     async def create(self, request: ResponseRequest, *, record: RequestRecord | None = None) -> Response:
         refused = request.unsupported
@@ -51,9 +54,8 @@ class ResponseServing:
         if not request.stream:
             folded = await fold(first, stream, record)
             return JSONResponse(draft.final(folded.text(0), folded.finish.get(0), folded.usage))
-        return StreamingResponse(
-            draft.events(first, stream, record), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
-        )
+        events = draft.events(first, stream, self._shutdown, record)
+        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 def _chat_request(request: ResponseRequest) -> ChatCompletionRequest:
@@ -137,7 +139,11 @@ class _Draft:
         return self.envelope(status, [self.message(status, [_text_part(text)])], usage, reason=reason)
 
     async def events(
-        self, first: Delta | None, stream: AsyncIterator[Delta], record: RequestRecord | None = None
+        self,
+        first: Delta | None,
+        stream: AsyncIterator[Delta],
+        shutdown: Shutdown,
+        record: RequestRecord | None = None,
     ) -> AsyncIterator[bytes]:
         numbers = itertools.count()
 
@@ -148,6 +154,7 @@ class _Draft:
         texts: list[str] = []
         finish: str | None = None
         tally = UsageTally()
+        task = shutdown.track()
         try:
             opening = self.envelope("in_progress", [], None)
             yield event("response.created", response=opening)
@@ -170,6 +177,10 @@ class _Draft:
             yield event("response.output_item.done", output_index=0, item=final["output"][0])
             done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
             yield event(done, response=final)
+        except asyncio.CancelledError:
+            if not shutdown.claim(task):
+                raise
+            yield event("error", **_error_fields(shutdown.error()))
         except InterferenceError as exc:
             logger.warning("response stream failed after it started: %r", exc)
             yield event("error", **_error_fields(exc))
@@ -179,6 +190,7 @@ class _Draft:
                 "error", **_error_fields(InterferenceError("The server had an error while streaming."))
             )
         finally:
+            shutdown.untrack(task)
             await aclose_stream(stream)
             if record is not None:
                 record.usage = tally.usage

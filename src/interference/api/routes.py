@@ -25,12 +25,23 @@ from ..protocol import (
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .models import model_card, model_list
+from .openapi import request_body
 from .request_log import RequestRecord, record_of
 from .state import AppState
 
-__all__ = ["api_router", "health_router"]
+__all__ = ["REQUEST_MODELS", "api_router", "health_router"]
 
 M = TypeVar("M", bound=BaseModel)
+
+# Parsed by hand in the handlers; declared to the OpenAPI document by ``request_body``.
+REQUEST_MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseRequest,
+    MessagesRequest,
+    CountTokensRequest,
+)
 
 api_router = APIRouter()
 health_router = APIRouter()
@@ -60,7 +71,7 @@ async def _card(work: Awaitable[ModelCard]) -> Response:
     return JSONResponse((await work).model_dump())
 
 
-@api_router.post("/chat/completions")
+@api_router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     return await with_cancellation(
@@ -68,7 +79,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-@api_router.post("/completions")
+@api_router.post("/completions", openapi_extra=request_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     return await with_cancellation(
@@ -76,7 +87,7 @@ async def completions(request: Request) -> Response:
     )
 
 
-@api_router.post("/embeddings")
+@api_router.post("/embeddings", openapi_extra=request_body(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
     return await with_cancellation(
@@ -84,7 +95,7 @@ async def embeddings(request: Request) -> Response:
     )
 
 
-@api_router.post("/responses")
+@api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
     return await with_cancellation(
@@ -92,7 +103,7 @@ async def responses(request: Request) -> Response:
     )
 
 
-@api_router.post("/messages")
+@api_router.post("/messages", openapi_extra=request_body(MessagesRequest))
 async def messages(request: Request) -> Response:
     body = await _parse(request, MessagesRequest)
     return await with_cancellation(
@@ -100,7 +111,7 @@ async def messages(request: Request) -> Response:
     )
 
 
-@api_router.post("/messages/count_tokens")
+@api_router.post("/messages/count_tokens", openapi_extra=request_body(CountTokensRequest))
 async def count_tokens(request: Request) -> Response:
     body = await _parse(request, CountTokensRequest)
     _record(request, body.model)
@@ -133,15 +144,21 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 @health_router.get("/health")
 async def health(request: Request) -> Response:
-    """Liveness: 200 while the process can serve; 503 once an engine thread died (restart it)."""
-    healthy = all(p.is_healthy() for p in _state(request).router.providers)
+    """Liveness: 200 while the process can serve; 503 once an engine thread died, or while draining."""
+    state = _state(request)
+    if state.shutdown.is_draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    healthy = all(p.is_healthy() for p in state.router.providers)
     return JSONResponse({"status": "ok" if healthy else "degraded"}, status_code=200 if healthy else 503)
 
 
 @health_router.get("/ready")
 async def ready(request: Request) -> Response:
     """Readiness: 200 once the models loaded at start-up are loaded, and while nothing has failed."""
-    providers = _state(request).router.providers
+    state = _state(request)
+    if state.shutdown.is_draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    providers = state.router.providers
     if not all(p.is_healthy() for p in providers):
         return JSONResponse({"status": "degraded"}, status_code=503)
     if not all(p.is_ready() for p in providers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
 from .errors import error_body
 from .request_log import RequestRecord
+from .shutdown import Shutdown
 
 __all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
 
@@ -161,13 +163,16 @@ async def sse_frames(
     chunks: Callable[[Delta], list[dict[str, Any]]],
     openings: list[dict[str, Any]],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
+    shutdown: Shutdown,
     record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
 
-    A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``.
+    A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``;
+    so does a stream cut at the shutdown deadline.
     """
     tally = UsageTally()
+    task = shutdown.track()
     try:
         for opening in openings:
             yield sse.encode(opening)
@@ -177,6 +182,10 @@ async def sse_frames(
             tally.add(delta.usage)
         if usage_chunk is not None:
             yield sse.encode(usage_chunk(tally.usage))
+    except asyncio.CancelledError:
+        if not shutdown.claim(task):
+            raise
+        yield sse.encode(error_body(shutdown.error()).model_dump())
     except InterferenceError as exc:
         logger.warning("stream failed after it started: %r", exc)
         yield sse.encode(error_body(exc).model_dump())
@@ -186,6 +195,7 @@ async def sse_frames(
             error_body(InterferenceError("The server had an error while streaming.")).model_dump()
         )
     finally:
+        shutdown.untrack(task)
         await aclose_stream(stream)
         if record is not None:
             record.usage = tally.usage

@@ -10,6 +10,7 @@ from .completions import CompletionServing
 from .embeddings import EmbeddingServing
 from .messages import MessagesServing
 from .responses import ResponseServing
+from .shutdown import Shutdown
 
 __all__ = ["AppState"]
 
@@ -22,14 +23,17 @@ class AppState:
     embeddings: EmbeddingServing
     responses: ResponseServing
     messages: MessagesServing
+    shutdown: Shutdown
 
     @classmethod
     def build(cls, router: Router) -> AppState:
+        shutdown = Shutdown()
         return cls(
             router=router,
-            chat=ChatServing(router),
-            completions=CompletionServing(router),
+            chat=ChatServing(router, shutdown),
+            completions=CompletionServing(router, shutdown),
             embeddings=EmbeddingServing(router),
-            responses=ResponseServing(router),
-            messages=MessagesServing(router),
+            responses=ResponseServing(router, shutdown),
+            messages=MessagesServing(router, shutdown),
+            shutdown=shutdown,
         )

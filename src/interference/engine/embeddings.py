@@ -27,7 +27,7 @@ import numpy.typing as npt
 from ._llama import ModelLoadError, model_params, tokenize
 from .embedding_source import EmbeddingSource
 
-__all__ = ["EmbeddingEngine", "EmbeddingInfo", "EmbeddingInputError", "EmbeddingRuntime"]
+__all__ = ["EmbeddingBusy", "EmbeddingEngine", "EmbeddingInfo", "EmbeddingInputError", "EmbeddingRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ class EmbeddingInputError(Exception):
         self.message = message
         self.param = param
         self.too_long = too_long
+
+
+class EmbeddingBusy(Exception):
+    """Too many requests wait for the embedding thread; ``retry_after`` estimates when one frees up."""
+
+    def __init__(self, waiting: int, retry_after: float) -> None:
+        super().__init__(f"{waiting} embedding requests are waiting")
+        self.waiting = waiting
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +190,13 @@ class EmbeddingEngine:
     request pays the load (well under a second for the bundled model).
     """
 
-    def __init__(self, source: EmbeddingSource, *, threads: int, repack: bool) -> None:
+    def __init__(self, source: EmbeddingSource, *, threads: int, repack: bool, max_waiting: int = 64) -> None:
         self.source = source
         self.threads = threads
         self.repack = repack
+        self.max_waiting = max_waiting
+        self._pending = 0  # calls submitted and not finished: one runs, the rest wait
+        self._service_s = 0.05  # moving average of one call's time on the thread
         self._executor: ThreadPoolExecutor | None = None
         self._runtime: EmbeddingRuntime | None = None
         self._load_error: Exception | None = None
@@ -219,12 +231,30 @@ class EmbeddingEngine:
         """Vectors for ``inputs`` (rows in order) and the number of tokens they took.
 
         ``one`` says the request held a single input (errors then name ``input``, not ``input[0]``).
-        Raises ``EmbeddingInputError`` for bad input and ``ModelLoadError`` when the model failed to load.
+        Raises ``EmbeddingInputError`` for bad input, ``ModelLoadError`` when the model failed to load
+        and ``EmbeddingBusy`` when ``max_waiting`` calls already wait.
         """
         if self._executor is None:
             raise RuntimeError("embedding engine used before start()")
+        waiting = max(0, self._pending - 1)
+        if waiting >= self.max_waiting and self._pending > 0:
+            raise EmbeddingBusy(waiting, retry_after=(waiting + 1) * self._service_s)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed, inputs, dimensions, one)
+        self._pending += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._timed_embed, inputs, dimensions, one)
+        finally:
+            # A cancelled call that had not started is dropped by the executor: its place frees now.
+            self._pending -= 1
+
+    def _timed_embed(
+        self, inputs: Sequence[str | Sequence[int]], dimensions: int | None, one: bool
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        started = time.perf_counter()
+        try:
+            return self._embed(inputs, dimensions, one)
+        finally:
+            self._service_s = 0.8 * self._service_s + 0.2 * (time.perf_counter() - started)
 
     def _embed(
         self, inputs: Sequence[str | Sequence[int]], dimensions: int | None, one: bool

@@ -23,7 +23,14 @@ from .anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from .openai import ChatCompletionRequest, ParamError
+from .openai import (
+    ChatCompletionRequest,
+    FunctionMessage,
+    ParamError,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -237,27 +244,23 @@ def messages_body(request: ChatCompletionRequest, *, model: str) -> dict[str, An
             turns.append({"role": role, "content": blocks})
 
     for message in request.messages:
-        if message.role in ("system", "developer"):
+        if isinstance(message, SystemMessage):
             system.append(message.text)
-        elif message.role == "user":
+        elif isinstance(message, UserMessage):
             add("user", _user_blocks(message))
-        elif message.role in ("tool", "function"):
-            block = {
-                "type": "tool_result",
-                "tool_use_id": message.tool_call_id or message.name or "",
-                "content": message.text,
-            }
+        elif isinstance(message, ToolMessage | FunctionMessage):
+            tool_use_id = message.tool_call_id if isinstance(message, ToolMessage) else message.name
+            block = {"type": "tool_result", "tool_use_id": tool_use_id, "content": message.text}
             add("user", [block])
         else:
             blocks: list[dict[str, Any]] = [{"type": "text", "text": message.text}] if message.text else []
             for call in message.tool_calls or []:
-                fn = call.get("function") or {}
                 blocks.append(
                     {
                         "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": fn.get("name"),
-                        "input": _arguments(fn.get("arguments")),
+                        "id": call.id,
+                        "name": call.function.name,
+                        "input": _arguments(call.function.arguments),
                     }
                 )
             add("assistant", blocks or [{"type": "text", "text": ""}])

@@ -10,8 +10,8 @@ from typing import NoReturn
 from ..config import Settings
 from ..engine._llama import ModelLoadError, physical_cores
 from ..engine.embedding_source import EmbeddingSource
-from ..engine.embeddings import EmbeddingEngine, EmbeddingInputError
-from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest
+from ..engine.embeddings import EmbeddingBusy, EmbeddingEngine, EmbeddingInputError
+from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
 from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .base import Delta, Embeddings, Provider
 
@@ -38,7 +38,8 @@ def embedding_provider(settings: Settings, *, repack: bool) -> LocalEmbeddingPro
             "/v1/embeddings will answer 404 for the default names"
         )
         return None
-    engine = EmbeddingEngine(source, threads=settings.threads or physical_cores(), repack=repack)
+    threads = settings.threads or physical_cores()
+    engine = EmbeddingEngine(source, threads=threads, repack=repack, max_waiting=settings.embedding_queue)
     return LocalEmbeddingProvider(engine)
 
 
@@ -70,6 +71,11 @@ class LocalEmbeddingProvider(Provider):
             raise InvalidRequest(exc.message, param=exc.param) from None
         except ModelLoadError as exc:
             raise EngineFailure(str(exc)) from None
+        except EmbeddingBusy as exc:
+            raise Overloaded(
+                f"The embedding model is at capacity: {exc.waiting} requests are waiting. Retry shortly.",
+                retry_after=exc.retry_after,
+            ) from None
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
     async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:

@@ -14,7 +14,14 @@ import re
 import uuid
 from typing import Any
 
-from ..protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
+from ..protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    ChatMessage,
+    NamedToolChoice,
+    Tool,
+    ToolMessage,
+)
 
 __all__ = [
     "TOOL_CALL_OPEN",
@@ -65,7 +72,7 @@ def _system_prompt(tools: list[Tool], mode: str) -> str:
     )
 
 
-def _arguments(raw: Any) -> Any:
+def _arguments(raw: str) -> Any:
     try:
         return json.loads(raw or "{}")
     except (TypeError, ValueError):
@@ -76,23 +83,30 @@ def _message_dict(message: ChatMessage, *, native: bool) -> dict[str, Any]:
     """One message for the template; tool calls become text unless the template renders them itself."""
     role = "tool" if message.role == "function" else "system" if message.role == "developer" else message.role
     out: dict[str, Any] = {"role": role, "content": message.text}
-    if message.role == "assistant" and message.tool_calls:
-        fns = [call.get("function") or {} for call in message.tool_calls]
+    if isinstance(message, AssistantMessage) and message.tool_calls:
+        calls = message.tool_calls
         if native:
             # Tool-aware templates (Qwen, Hermes, Llama 3.1...) read arguments as an object.
             out["tool_calls"] = [
-                {**call, "function": {"name": fn.get("name"), "arguments": _arguments(fn.get("arguments"))}}
-                for call, fn in zip(message.tool_calls, fns, strict=True)
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments(call.function.arguments),
+                    },
+                }
+                for call in calls
             ]
         else:
-            calls = [
+            tagged = [
                 TOOL_CALL_OPEN
-                + json.dumps({"name": fn.get("name"), "arguments": _arguments(fn.get("arguments"))})
+                + json.dumps({"name": call.function.name, "arguments": _arguments(call.function.arguments)})
                 + TOOL_CALL_CLOSE
-                for fn in fns
+                for call in calls
             ]
-            out["content"] = (message.text + "\n" if message.text else "") + "\n".join(calls)
-    if native and message.tool_call_id:
+            out["content"] = (message.text + "\n" if message.text else "") + "\n".join(tagged)
+    if native and isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
     return out
 
