@@ -51,6 +51,7 @@ class EngineConfig:
     batch_size: int = 512
     max_queue: int = 64
     cache_type: str = "f16"  # KV cache element type: f16, q8_0 or q4_0
+    cache_ram: int = 2048  # MiB of host memory for the prompt cache; 0: off
     request_timeout: float = 600.0
 
 
@@ -81,6 +82,7 @@ class Engine:
             prefill_chunk=config.batch_size,
             max_queue=config.max_queue,
             request_timeout=config.request_timeout,
+            cache_bytes=config.cache_ram * 2**20,
         )
         self.load_seconds = time.perf_counter() - started
 
@@ -134,5 +136,5 @@ class Engine:
         return (
             f"{model_id_for(i.path)} ({i.n_params / 1e6:.0f}M params, {i.size_bytes / 2**20:.0f} MiB) "
             f"in {self.load_seconds:.2f} s; {self.config.parallel} slots x {self.n_ctx_seq} tokens, "
-            f"{self.threads} threads"
+            f"{self.threads} threads, prompt cache {self.config.cache_ram} MiB"
         )

@@ -42,6 +42,11 @@ class _Plan:
     grammar: str | None = None
     top_logprobs: int | None = None
     legacy_logprobs: bool = False
+    group: str | None = None  # set when n > 1: the engine prefills the shared prompt once
+
+
+def _group(request: SamplingFields) -> str | None:
+    return new_id("grp") if (request.n or 1) > 1 else None
 
 
 class LocalProvider(Provider):
@@ -72,7 +77,14 @@ class LocalProvider(Provider):
         except TemplateError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
         top = (request.top_logprobs or 0) if request.logprobs else None
-        plan = _Plan(prompt, request.max_new_tokens, "messages", grammar=grammar, top_logprobs=top)
+        plan = _Plan(
+            prompt,
+            request.max_new_tokens,
+            "messages",
+            grammar=grammar,
+            top_logprobs=top,
+            group=_group(request),
+        )
         choices: list[AsyncIterator[Delta]] = []
         for i in range(request.n or 1):
             choice = self._generate(plan, request, index=i)
@@ -101,7 +113,12 @@ class LocalProvider(Provider):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         plan = _Plan(
-            prompt, request.max_tokens, "prompt", top_logprobs=request.logprobs, legacy_logprobs=True
+            prompt,
+            request.max_tokens,
+            "prompt",
+            top_logprobs=request.logprobs,
+            legacy_logprobs=True,
+            group=_group(request),
         )
         echoed = ""
         if request.echo:
@@ -171,6 +188,7 @@ class LocalProvider(Provider):
             stop=tuple(request.stop_strings),
             grammar=plan.grammar,
             top_logprobs=plan.top_logprobs,
+            group=plan.group,
         )
         try:
             handle = self.engine.submit(engine_request)
