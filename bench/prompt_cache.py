@@ -1,0 +1,248 @@
+"""Prompt-cache benchmark: many conversations over few slots, interference vs llama-server.
+
+Workload (one request at a time): N conversations take turns round-robin for T turns. Each has its own
+system prompt of about 100 tokens, each turn adds a user message of about 90 tokens, and every answer
+is 24 tokens (temperature 0). With more conversations than slots, a server without a host-RAM prompt
+cache prefills the whole history on every turn. A second workload: 64 conversations whose first turns
+share one ~500-token system prompt. Prints one JSON object.
+
+Usage::
+
+    python bench/prompt_cache.py [--conversations 24,64] [--turns 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    Server,
+    embedded_gguf,
+    exit_on_sigterm,
+    free_port,
+    median,
+    ratio,
+    rounded,
+    stop_server,
+    stream_chat,
+)
+from _system import ForeignLoad, machine_info, rss_mb, wait_until_quiet
+from single_stream import cold_start, interference_cmd, llama_server_cmd
+
+WORDS = (
+    "river",
+    "mountain",
+    "lantern",
+    "harbor",
+    "orchard",
+    "meadow",
+    "glacier",
+    "canyon",
+    "village",
+    "market",
+    "bridge",
+    "tower",
+    "garden",
+    "forest",
+    "island",
+    "desert",
+    "valley",
+    "castle",
+    "library",
+    "workshop",
+)
+ANSWER_TOKENS = 24
+
+
+def _words(n: int, seed: int) -> str:
+    return " ".join(WORDS[(seed * 7 + i * 3 + i * i) % len(WORDS)] for i in range(n))
+
+
+def system_prompt(conv: int) -> str:
+    """About 100 tokens, different for every conversation."""
+    return f"You are assistant number {conv}. Your notes: " + _words(88, conv)
+
+
+def user_turn(conv: int, turn: int) -> str:
+    """About 90 tokens."""
+    return f"Question {turn} from user {conv}: tell me about " + _words(80, conv * 31 + turn)
+
+
+SHARED_SYSTEM = "You are a careful assistant for a travel company. Policies: " + _words(470, 999)
+
+
+def _amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def conversations(client: httpx.Client, srv: Server, n_conv: int, turns: int) -> dict[str, Any]:
+    """Round-robin turns; returns TTFT per turn (median over conversations)."""
+    histories = [[{"role": "system", "content": system_prompt(c)}] for c in range(n_conv)]
+    ttft: dict[int, list[float]] = {t: [] for t in range(1, turns + 1)}
+    prompt_tokens: dict[int, list[float]] = {t: [] for t in range(1, turns + 1)}
+    errors = 0
+    probe = ForeignLoad([])
+    for turn in range(1, turns + 1):
+        for conv in range(n_conv):
+            messages = histories[conv]
+            messages.append({"role": "user", "content": user_turn(conv, turn)})
+            res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+            if res.error:
+                errors += 1
+            ttft[turn].append(res.ttft)
+            prompt_tokens[turn].append(float(res.prompt_tokens))
+            messages.append({"role": "assistant", "content": res.text})
+        print(f"  {srv.name} {n_conv} conv turn {turn}: ttft p50 {median(ttft[turn]):.3f}s", file=sys.stderr)
+    per_turn = {str(t): median(v) for t, v in ttft.items()}
+    late = [x for t in (4, 5) if t in ttft for x in ttft[t]]
+    return {
+        "ttft_median_by_turn_s": per_turn,
+        "prompt_tokens_median_by_turn": {str(t): median(v) for t, v in prompt_tokens.items()},
+        "ttft_median_turns_4_5_s": median(late),
+        "turn5_over_turn2": ratio(median(ttft.get(5, [])), median(ttft.get(2, []))),
+        "errors": errors,
+        "foreign_cpu": probe.fraction(),
+    }
+
+
+def shared_prefix(client: httpx.Client, srv: Server, n_conv: int) -> dict[str, Any]:
+    """First turns of conversations that start with the same ~500-token system prompt."""
+    ttft: list[float] = []
+    prompt_tokens = 0
+    for conv in range(n_conv):
+        messages = [
+            {"role": "system", "content": SHARED_SYSTEM},
+            {"role": "user", "content": user_turn(conv, 1)},
+        ]
+        res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+        ttft.append(res.ttft)
+        prompt_tokens = res.prompt_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_first_s": ttft[0],
+        "ttft_rest_median_s": median(ttft[1:]),
+        "rest_over_first": ratio(median(ttft[1:]), ttft[0]),
+    }
+
+
+def engine_metrics(srv: Server) -> dict[str, float]:
+    """Our engine's prompt-cache counters from /metrics (empty for llama-server)."""
+    try:
+        text = httpx.get(f"{srv.base_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("interference_engine_") and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            key = sample.split("{", 1)[0].removeprefix("interference_engine_")
+            if "cache" in key or key in ("steps_total", "decode_seconds_total"):
+                out[key] = float(value)
+    return out
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conversations", default="24,64", help="comma-separated conversation counts")
+    p.add_argument("--turns", type=int, default=5)
+    p.add_argument("--shared", type=int, default=64, help="conversations sharing one system prompt")
+    p.add_argument("--parallel", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-ram", type=int, default=2048, help="our --cache-ram (MiB)")
+    p.add_argument("--interference-cmd", help="override; may use {port}")
+    p.add_argument("--llama-server", help="path to llama-server (default: build/cached)")
+    p.add_argument("--wait-quiet", type=float, default=60.0)
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--skip-interference", action="store_true")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    exit_on_sigterm()
+    counts = [int(x) for x in args.conversations.split(",") if x.strip()]
+    t, np_ = str(args.threads), str(args.parallel)
+    ctx = str(2048 * args.parallel)
+    plan: list[tuple[str, list[str], int]] = []
+    if not args.skip_interference:
+        port = free_port()
+        extra = ["--parallel", np_, "--threads", t, "--cache-ram", str(args.cache_ram), "--no-embeddings"]
+        plan.append(("interference", interference_cmd(args.interference_cmd, port, extra), port))
+    if not args.skip_baseline:
+        if args.llama_server:
+            binary = Path(args.llama_server)
+        else:
+            from baseline import ensure_llama_server
+
+            binary = ensure_llama_server()
+        port = free_port()
+        extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_]
+        if _amx():
+            extra.append("--no-repack")  # llama.cpp's AMX repack buffers crash (see ENGINE notes)
+        plan.append(("llama-server", llama_server_cmd(binary, embedded_gguf(), port, extra), port))
+    if not plan:
+        sys.exit("nothing to run")
+    busy_before = wait_until_quiet(args.wait_quiet)
+    results: dict[str, Any] = {}
+    with httpx.Client(timeout=900.0) as client:
+        for name, cmd, port in plan:
+            print(f"starting {name}: {' '.join(cmd)}", file=sys.stderr)
+            srv = cold_start(name, cmd, port, client, retries=0)
+            try:
+                started = time.perf_counter()
+                row: dict[str, Any] = {"cmd": " ".join(cmd)}
+                for n_conv in counts:
+                    row[f"conversations_{n_conv}"] = conversations(client, srv, n_conv, args.turns)
+                    row[f"rss_mb_after_{n_conv}"] = rss_mb(srv.proc.pid)
+                row["shared_prefix"] = shared_prefix(client, srv, args.shared)
+                row["rss_mb_after"] = rss_mb(srv.proc.pid)
+                row["wall_s"] = time.perf_counter() - started
+                row["engine"] = engine_metrics(srv) if name == "interference" else {}
+                results[name] = row
+            finally:
+                stop_server(srv)
+
+    report: dict[str, Any] = {
+        "benchmark": "prompt_cache",
+        "machine": machine_info(),
+        "cpu_busy_before_start": busy_before,
+        "gguf": str(embedded_gguf()),
+        "slots": args.parallel,
+        "ctx_per_slot": 2048,
+        "threads": args.threads,
+        "answer_tokens": ANSWER_TOKENS,
+        "turns": args.turns,
+        "servers": results,
+    }
+    if "interference" in results and "llama-server" in results:
+        a, b = results["interference"], results["llama-server"]
+        report["ratios_interference_over_llama_server"] = {
+            **{
+                f"ttft_turns_4_5_{n}_conversations": ratio(
+                    a[f"conversations_{n}"]["ttft_median_turns_4_5_s"],
+                    b[f"conversations_{n}"]["ttft_median_turns_4_5_s"],
+                )
+                for n in counts
+            },
+            "shared_prefix_rest_ttft": ratio(
+                a["shared_prefix"]["ttft_rest_median_s"], b["shared_prefix"]["ttft_rest_median_s"]
+            ),
+            "rss_mb_after": ratio(a["rss_mb_after"], b["rss_mb_after"]),
+        }
+    print(json.dumps(rounded(report), indent=2))
+
+
+if __name__ == "__main__":
+    main()
