@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from conftest import RunningServer, running_server
+from interference.cli import build_parser
+from interference.config import ConfigError, LocalDeployment, load_settings
 from interference.engine._llama import LlamaRuntime
 from interference.engine.engine import embedded_model_path
 from interference.engine.prompt_cache import PromptCache
@@ -78,6 +80,26 @@ def test_discard_and_clear() -> None:
     cache.put((3,), _state(10))
     cache.clear()
     assert len(cache) == 0 and cache.bytes_held == 0
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_cache_ram_setting_from_flag_env_file_and_deployment(tmp_path: Any) -> None:
+    assert load_settings({}, env={}).cache_ram == 2048
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'cache_ram = 100\n[[models]]\nname = "m"\n[[models.deployments]]\ntype = "local"\ncache_ram = 0\n'
+    )
+    s = load_settings({}, env={}, config_file=cfg)
+    assert s.cache_ram == 100 and s.engine_options.cache_ram == 100
+    deployment = s.models[0].deployments[0]
+    assert isinstance(deployment, LocalDeployment) and deployment.cache_ram == 0
+    assert load_settings({}, env={"INTERFERENCE_CACHE_RAM": "64"}, config_file=cfg).cache_ram == 64
+    args = build_parser().parse_args(["serve", "--cache-ram", "7"])
+    assert load_settings({"cache_ram": args.cache_ram}, env={"INTERFERENCE_CACHE_RAM": "64"}).cache_ram == 7
+    with pytest.raises(ConfigError, match="'cache_ram'"):
+        load_settings({"cache_ram": -1}, env={})
 
 
 # ------------------------------------------------------------------ llama.cpp sequence state

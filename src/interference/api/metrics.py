@@ -93,6 +93,11 @@ class _EngineCollector(Collector):
             "cache_entries": GaugeMetricFamily(
                 "interference_engine_prompt_cache_entries", "Entries in the prompt cache", labels=labels
             ),
+            "cache_pause_max_seconds": GaugeMetricFamily(
+                "interference_engine_prompt_cache_pause_max_seconds",
+                "Longest time one admission spent saving and restoring states (other streams wait)",
+                labels=labels,
+            ),
         }
         for provider in self._router.providers:
             if not isinstance(provider, LocalProvider):

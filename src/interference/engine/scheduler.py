@@ -170,11 +170,15 @@ class Scheduler:
             if grammar is None:
                 raise ValueError("the grammar does not parse")
         sampler = Sampler(req.sampling, n_vocab=self._rt.n_vocab, grammar=grammar)
+        started = time.perf_counter()
         try:
             slot, n_past, leader, moved = self._placement.place(req, idle)
         except BaseException:
             sampler.free()
             raise
+        if moved:
+            pause = time.perf_counter() - started
+            self.stats.cache_pause_max_seconds = max(self.stats.cache_pause_max_seconds, pause)
         job = Job(handle, sampler, n_cached=n_past, cursor=n_past, seq=slot.seq, leader=leader)
         slot.job = job
         job.stops = StopMatcher(list(req.stop))

@@ -63,4 +63,5 @@ class EngineStats:
     cache_bytes: int = 0
     cache_entries: int = 0
     cache_seconds: float = 0.0  # spent saving and restoring states, on the scheduler thread
+    cache_pause_max_seconds: float = 0.0  # the longest one admission spent on it (running streams wait)
     shared_prompt_tokens: int = 0  # prompt tokens copied between the choices of n > 1 requests
