@@ -1,10 +1,11 @@
 """Prompt-cache benchmark: many conversations over few slots, interference vs llama-server.
 
-Workload (one request at a time): N conversations take turns round-robin for T turns. Each has its own
-system prompt of about 100 tokens, each turn adds a user message of about 90 tokens, and every answer
-is 24 tokens (temperature 0). With more conversations than slots, a server without a host-RAM prompt
-cache prefills the whole history on every turn. A second workload: 64 conversations whose first turns
-share one ~500-token system prompt. Prints one JSON object.
+Workload (one request at a time): N conversations take turns round-robin for T turns. Each has its
+own system prompt of about 100 tokens, each turn adds a user message of about 90 tokens, and every
+answer is 24 tokens (temperature 0). With more conversations than slots, a server without a host-RAM
+prompt cache prefills the whole history on every turn. A second workload: 64 conversations whose first
+turns share one ~500-token system prompt. Both servers run at once and take each turn in alternation,
+so load from other processes hits both alike. Prints one JSON object.
 
 Usage::
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,53 +87,68 @@ def _amx() -> bool:
         return False
 
 
-def conversations(client: httpx.Client, srv: Server, n_conv: int, turns: int) -> dict[str, Any]:
-    """Round-robin turns; returns TTFT per turn (median over conversations)."""
-    histories = [[{"role": "system", "content": system_prompt(c)}] for c in range(n_conv)]
-    ttft: dict[int, list[float]] = {t: [] for t in range(1, turns + 1)}
-    prompt_tokens: dict[int, list[float]] = {t: [] for t in range(1, turns + 1)}
-    errors = 0
+def conversations(
+    client: httpx.Client, servers: list[Server], n_conv: int, turns: int
+) -> dict[str, dict[str, Any]]:
+    """Round-robin turns, the servers taking each turn in alternation (so load spikes hit both).
+
+    Returns, per server, TTFT per turn (median over the conversations).
+    """
+    hist = {
+        s.name: [[{"role": "system", "content": system_prompt(c)}] for c in range(n_conv)] for s in servers
+    }
+    ttft = {s.name: {t: [] for t in range(1, turns + 1)} for s in servers}
+    prompt_tokens = {s.name: {t: [] for t in range(1, turns + 1)} for s in servers}
+    errors = dict.fromkeys(hist, 0)
     probe = ForeignLoad([])
     for turn in range(1, turns + 1):
-        for conv in range(n_conv):
-            messages = histories[conv]
-            messages.append({"role": "user", "content": user_turn(conv, turn)})
-            res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
-            if res.error:
-                errors += 1
-            ttft[turn].append(res.ttft)
-            prompt_tokens[turn].append(float(res.prompt_tokens))
-            messages.append({"role": "assistant", "content": res.text})
-        print(f"  {srv.name} {n_conv} conv turn {turn}: ttft p50 {median(ttft[turn]):.3f}s", file=sys.stderr)
-    per_turn = {str(t): median(v) for t, v in ttft.items()}
-    late = [x for t in (4, 5) if t in ttft for x in ttft[t]]
-    return {
-        "ttft_median_by_turn_s": per_turn,
-        "prompt_tokens_median_by_turn": {str(t): median(v) for t, v in prompt_tokens.items()},
-        "ttft_median_turns_4_5_s": median(late),
-        "turn5_over_turn2": ratio(median(ttft.get(5, [])), median(ttft.get(2, []))),
-        "errors": errors,
-        "foreign_cpu": probe.fraction(),
-    }
+        for srv in servers:
+            for conv in range(n_conv):
+                messages = hist[srv.name][conv]
+                messages.append({"role": "user", "content": user_turn(conv, turn)})
+                res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+                errors[srv.name] += bool(res.error)
+                ttft[srv.name][turn].append(res.ttft)
+                prompt_tokens[srv.name][turn].append(float(res.prompt_tokens))
+                messages.append({"role": "assistant", "content": res.text})
+            p50 = median(ttft[srv.name][turn])
+            print(f"  {srv.name} {n_conv} conv turn {turn}: ttft p50 {p50:.3f}s", file=sys.stderr)
+    out: dict[str, dict[str, Any]] = {}
+    for srv in servers:
+        by_turn = ttft[srv.name]
+        late = [x for t in (4, 5) if t in by_turn for x in by_turn[t]]
+        out[srv.name] = {
+            "ttft_median_by_turn_s": {str(t): median(v) for t, v in by_turn.items()},
+            "prompt_tokens_median_by_turn": {str(t): median(v) for t, v in prompt_tokens[srv.name].items()},
+            "ttft_median_turns_4_5_s": median(late),
+            "turn5_over_turn2": ratio(median(by_turn.get(5, [])), median(by_turn.get(2, []))),
+            "errors": errors[srv.name],
+            "foreign_cpu": probe.fraction(),
+        }
+    return out
 
 
-def shared_prefix(client: httpx.Client, srv: Server, n_conv: int) -> dict[str, Any]:
-    """First turns of conversations that start with the same ~500-token system prompt."""
-    ttft: list[float] = []
+def shared_prefix(client: httpx.Client, servers: list[Server], n_conv: int) -> dict[str, dict[str, Any]]:
+    """First turns of conversations that start with the same ~500-token system prompt (alternating)."""
+    ttft: dict[str, list[float]] = {s.name: [] for s in servers}
     prompt_tokens = 0
     for conv in range(n_conv):
         messages = [
             {"role": "system", "content": SHARED_SYSTEM},
             {"role": "user", "content": user_turn(conv, 1)},
         ]
-        res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
-        ttft.append(res.ttft)
-        prompt_tokens = res.prompt_tokens
+        for srv in servers:
+            res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+            ttft[srv.name].append(res.ttft)
+            prompt_tokens = res.prompt_tokens
     return {
-        "prompt_tokens": prompt_tokens,
-        "ttft_first_s": ttft[0],
-        "ttft_rest_median_s": median(ttft[1:]),
-        "rest_over_first": ratio(median(ttft[1:]), ttft[0]),
+        name: {
+            "prompt_tokens": prompt_tokens,
+            "ttft_first_s": values[0],
+            "ttft_rest_median_s": median(values[1:]),
+            "rest_over_first": ratio(median(values[1:]), values[0]),
+        }
+        for name, values in ttft.items()
     }
 
 
@@ -195,23 +210,26 @@ def main() -> None:
     if not plan:
         sys.exit("nothing to run")
     busy_before = wait_until_quiet(args.wait_quiet)
-    results: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+    servers: list[Server] = []
     with httpx.Client(timeout=900.0) as client:
-        for name, cmd, port in plan:
-            print(f"starting {name}: {' '.join(cmd)}", file=sys.stderr)
-            srv = cold_start(name, cmd, port, client, retries=0)
-            try:
-                started = time.perf_counter()
-                row: dict[str, Any] = {"cmd": " ".join(cmd)}
-                for n_conv in counts:
-                    row[f"conversations_{n_conv}"] = conversations(client, srv, n_conv, args.turns)
-                    row[f"rss_mb_after_{n_conv}"] = rss_mb(srv.proc.pid)
-                row["shared_prefix"] = shared_prefix(client, srv, args.shared)
-                row["rss_mb_after"] = rss_mb(srv.proc.pid)
-                row["wall_s"] = time.perf_counter() - started
-                row["engine"] = engine_metrics(srv) if name == "interference" else {}
-                results[name] = row
-            finally:
+        try:
+            for name, cmd, port in plan:
+                print(f"starting {name}: {' '.join(cmd)}", file=sys.stderr)
+                servers.append(cold_start(name, cmd, port, client, retries=0))
+                results[name] = {"cmd": " ".join(cmd)}
+            for n_conv in counts:
+                for name, row in conversations(client, servers, n_conv, args.turns).items():
+                    results[name][f"conversations_{n_conv}"] = row
+                for srv in servers:
+                    results[srv.name][f"rss_mb_after_{n_conv}"] = rss_mb(srv.proc.pid)
+            for name, row in shared_prefix(client, servers, args.shared).items():
+                results[name]["shared_prefix"] = row
+            for srv in servers:
+                results[srv.name]["rss_mb_after"] = rss_mb(srv.proc.pid)
+                results[srv.name]["engine"] = engine_metrics(srv) if srv.name == "interference" else {}
+        finally:
+            for srv in servers:
                 stop_server(srv)
 
     report: dict[str, Any] = {
