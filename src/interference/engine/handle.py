@@ -43,13 +43,10 @@ class RequestHandle:
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._on_abort = on_abort
         self._finished = False
-        # Kept apart from ``state``, which the scheduler thread writes: an abort racing with admission
-        # must not be overwritten by RUNNING.
-        self._aborted = False
 
     @property
     def is_aborted(self) -> bool:
-        return self._aborted
+        return self.state is HandleState.ABORTED
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -74,7 +71,6 @@ class RequestHandle:
     def abort(self) -> None:
         """Stop generating; a no-op once finished. Safe from any thread."""
         if self.state in (HandleState.QUEUED, HandleState.RUNNING):
-            self._aborted = True
             self.state = HandleState.ABORTED
             self._on_abort(self)
 

@@ -164,6 +164,8 @@ class Scheduler:
     def _start(self, handle: RequestHandle, idle: list[Slot]) -> bool:
         """Give ``handle`` a slot; True when KV state moved to or from host memory."""
         req = handle.request
+        # Before the slot's KV moves: an abort during a restore must stay visible to _reap.
+        handle.state = HandleState.RUNNING
         grammar = None
         if req.grammar is not None:
             grammar = Sampler.grammar(self._rt.vocab, req.grammar)
@@ -184,7 +186,6 @@ class Scheduler:
         job.stops = StopMatcher(list(req.stop))
         if req.top_logprobs is not None:
             job.logprobs = []
-        handle.state = HandleState.RUNNING  # an abort meanwhile still shows in is_aborted: _reap frees it
         logger.debug(
             "request %s -> slot %d, %d/%d prompt tokens cached%s",
             req.request_id,
