@@ -60,7 +60,7 @@ WORDS = (
     "library",
     "workshop",
 )
-ANSWER_TOKENS = 24
+ANSWER_TOKENS = 24  # the default of --answer-tokens
 
 
 def _words(n: int, seed: int) -> str:
@@ -88,7 +88,7 @@ def _amx() -> bool:
 
 
 def conversations(
-    client: httpx.Client, servers: list[Server], n_conv: int, turns: int
+    client: httpx.Client, servers: list[Server], n_conv: int, turns: int, answer: int
 ) -> dict[str, dict[str, Any]]:
     """Round-robin turns, the servers taking each turn in alternation (so load spikes hit both).
 
@@ -106,7 +106,7 @@ def conversations(
             for conv in range(n_conv):
                 messages = hist[srv.name][conv]
                 messages.append({"role": "user", "content": user_turn(conv, turn)})
-                res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+                res = stream_chat(client, srv.base_url, messages, answer, srv.model)
                 errors[srv.name] += bool(res.error)
                 ttft[srv.name][turn].append(res.ttft)
                 prompt_tokens[srv.name][turn].append(float(res.prompt_tokens))
@@ -128,7 +128,9 @@ def conversations(
     return out
 
 
-def shared_prefix(client: httpx.Client, servers: list[Server], n_conv: int) -> dict[str, dict[str, Any]]:
+def shared_prefix(
+    client: httpx.Client, servers: list[Server], n_conv: int, answer: int
+) -> dict[str, dict[str, Any]]:
     """First turns of conversations that start with the same ~500-token system prompt (alternating)."""
     ttft: dict[str, list[float]] = {s.name: [] for s in servers}
     prompt_tokens = 0
@@ -138,7 +140,7 @@ def shared_prefix(client: httpx.Client, servers: list[Server], n_conv: int) -> d
             {"role": "user", "content": user_turn(conv, 1)},
         ]
         for srv in servers:
-            res = stream_chat(client, srv.base_url, messages, ANSWER_TOKENS, srv.model)
+            res = stream_chat(client, srv.base_url, messages, answer, srv.model)
             ttft[srv.name].append(res.ttft)
             prompt_tokens = res.prompt_tokens
     return {
@@ -173,6 +175,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--conversations", default="24,64", help="comma-separated conversation counts")
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--shared", type=int, default=64, help="conversations sharing one system prompt")
+    p.add_argument("--answer-tokens", type=int, default=ANSWER_TOKENS, help="max_tokens of every answer")
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-ram", type=int, default=2048, help="our --cache-ram (MiB)")
@@ -219,11 +222,13 @@ def main() -> None:
                 servers.append(cold_start(name, cmd, port, client, retries=0))
                 results[name] = {"cmd": " ".join(cmd)}
             for n_conv in counts:
-                for name, row in conversations(client, servers, n_conv, args.turns).items():
+                for name, row in conversations(
+                    client, servers, n_conv, args.turns, args.answer_tokens
+                ).items():
                     results[name][f"conversations_{n_conv}"] = row
                 for srv in servers:
                     results[srv.name][f"rss_mb_after_{n_conv}"] = rss_mb(srv.proc.pid)
-            for name, row in shared_prefix(client, servers, args.shared).items():
+            for name, row in shared_prefix(client, servers, args.shared, args.answer_tokens).items():
                 results[name]["shared_prefix"] = row
             for srv in servers:
                 results[srv.name]["rss_mb_after"] = rss_mb(srv.proc.pid)
@@ -240,7 +245,7 @@ def main() -> None:
         "slots": args.parallel,
         "ctx_per_slot": 2048,
         "threads": args.threads,
-        "answer_tokens": ANSWER_TOKENS,
+        "answer_tokens": args.answer_tokens,
         "turns": args.turns,
         "servers": results,
     }
