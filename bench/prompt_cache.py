@@ -97,13 +97,15 @@ def conversations(
     hist = {
         s.name: [[{"role": "system", "content": system_prompt(c)}] for c in range(n_conv)] for s in servers
     }
-    ttft = {s.name: {t: [] for t in range(1, turns + 1)} for s in servers}
-    prompt_tokens = {s.name: {t: [] for t in range(1, turns + 1)} for s in servers}
+    ttft: dict[str, dict[int, list[float]]] = {s.name: {t: [] for t in range(1, turns + 1)} for s in servers}
+    prompt_tokens: dict[str, dict[int, list[float]]] = {
+        s.name: {t: [] for t in range(1, turns + 1)} for s in servers
+    }
     errors = dict.fromkeys(hist, 0)
     probe = ForeignLoad([])
     for turn in range(1, turns + 1):
-        for srv in servers:
-            for conv in range(n_conv):
+        for conv in range(n_conv):
+            for srv in servers:
                 messages = hist[srv.name][conv]
                 messages.append({"role": "user", "content": user_turn(conv, turn)})
                 res = stream_chat(client, srv.base_url, messages, answer, srv.model)
@@ -111,9 +113,16 @@ def conversations(
                 ttft[srv.name][turn].append(res.ttft)
                 prompt_tokens[srv.name][turn].append(float(res.prompt_tokens))
                 messages.append({"role": "assistant", "content": res.text})
+        for srv in servers:
             p50 = median(ttft[srv.name][turn])
             print(f"  {srv.name} {n_conv} conv turn {turn}: ttft p50 {p50:.3f}s", file=sys.stderr)
     out: dict[str, dict[str, Any]] = {}
+    if len(servers) == 2:
+        # Each request against the other server's same request, sent right after it: robust to load
+        # that comes and goes over the run.
+        a, b = (ttft[s.name] for s in servers)
+        pairs = [x / y for t in (4, 5) if t in a for x, y in zip(a[t], b[t], strict=True) if y > 0]
+        out["paired"] = {"median_ratio_turns_4_5": median(pairs), "first_over_second": servers[0].name}
     for srv in servers:
         by_turn = ttft[srv.name]
         late = [x for t in (4, 5) if t in by_turn for x in by_turn[t]]
@@ -214,6 +223,7 @@ def main() -> None:
         sys.exit("nothing to run")
     busy_before = wait_until_quiet(args.wait_quiet)
     results: dict[str, dict[str, Any]] = {}
+    paired: dict[str, dict[str, Any]] = {}
     servers: list[Server] = []
     with httpx.Client(timeout=900.0) as client:
         try:
@@ -222,9 +232,9 @@ def main() -> None:
                 servers.append(cold_start(name, cmd, port, client, retries=0))
                 results[name] = {"cmd": " ".join(cmd)}
             for n_conv in counts:
-                for name, row in conversations(
-                    client, servers, n_conv, args.turns, args.answer_tokens
-                ).items():
+                rows = conversations(client, servers, n_conv, args.turns, args.answer_tokens)
+                paired[str(n_conv)] = rows.pop("paired", {})
+                for name, row in rows.items():
                     results[name][f"conversations_{n_conv}"] = row
                 for srv in servers:
                     results[srv.name][f"rss_mb_after_{n_conv}"] = rss_mb(srv.proc.pid)
@@ -263,6 +273,7 @@ def main() -> None:
                 a["shared_prefix"]["ttft_rest_median_s"], b["shared_prefix"]["ttft_rest_median_s"]
             ),
             "rss_mb_after": ratio(a["rss_mb_after"], b["rss_mb_after"]),
+            "paired_ttft_turns_4_5": {n: row.get("median_ratio_turns_4_5") for n, row in paired.items()},
         }
     print(json.dumps(rounded(report), indent=2))
 
