@@ -58,6 +58,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         help="KV cache type: q8_0 halves its memory for a few %% of speed (default: f16)",
     )
     g.add_argument(
+        "--cache-ram",
+        type=int,
+        metavar="MiB",
+        help="host RAM for saved prompt KV, restored when a prompt shares its prefix; 0: off (default: 2048)",
+    )
+    g.add_argument(
         "--request-timeout", type=float, metavar="SECONDS", help="per-request limit (default: 600)"
     )
     g.add_argument(
@@ -180,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
-    "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model", "log_format", "access_log", "cors_origins", "max_body_mib", "header_timeout",
-    "shutdown_timeout", "embedding_queue",
+    "cache_type", "cache_ram", "request_timeout", "repack", "aliases", "api_keys", "log_level",
+    "embeddings", "embedding_model", "log_format", "access_log", "cors_origins", "max_body_mib",
+    "header_timeout", "shutdown_timeout", "embedding_queue",
 )  # fmt: skip
 
 

@@ -59,6 +59,7 @@ class EngineOptions(_Frozen):
     batch_size: Annotated[int, Field(ge=16)] = 512
     max_queue: Annotated[int, Field(ge=0)] = 64
     cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    cache_ram: Annotated[int, Field(ge=0)] = 2048  # MiB of host RAM for the prompt cache; 0 turns it off
     request_timeout: Annotated[float, Field(gt=0)] = 600.0
     # llama.cpp's repacked weight buffers; None: off on CPUs with AMX (they crash there), on elsewhere.
     repack: bool | None = None
@@ -167,6 +168,7 @@ _ENV_KEYS = {
     "BATCH_SIZE": "batch_size",
     "MAX_QUEUE": "max_queue",
     "CACHE_TYPE": "cache_type",
+    "CACHE_RAM": "cache_ram",
     "REQUEST_TIMEOUT": "request_timeout",
     "REPACK": "repack",
     "ALIASES": "aliases",

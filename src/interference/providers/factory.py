@@ -36,6 +36,7 @@ def load_engine(path: str | None, options: EngineOptions, *, cpu: CpuInfo) -> En
             batch_size=options.batch_size,
             max_queue=options.max_queue,
             cache_type=options.cache_type,
+            cache_ram=options.cache_ram,
             request_timeout=options.request_timeout,
             repack=repack.enabled,
         )
