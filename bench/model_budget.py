@@ -9,7 +9,7 @@ budget + base (the ratio must stay <= 1), evictions from /metrics, and what an u
 
 Usage::
 
-    python bench/model_budget.py [--switches 20] [--parallel 1]
+    python bench/model_budget.py [--switches 20] [--parallel 1] [--cache-ram 0]
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def main() -> None:
     )
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument(
+        "--cache-ram",
+        type=int,
+        default=0,
+        help="prompt cache MiB per model (default 0: the budget then covers what the models hold)",
+    )
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -89,7 +95,10 @@ def main() -> None:
 
     # First a server without a budget, only to read the estimates it would use.
     port = free_port()
-    common = ["--models-dir", str(models_dir), "--lazy", "--no-embeddings", "--parallel", str(args.parallel)]
+    common = [
+        "--models-dir", str(models_dir), "--lazy", "--no-embeddings", "--parallel", str(args.parallel),
+        "--cache-ram", str(args.cache_ram),
+    ]  # fmt: skip
     cmd = [sys.executable, "-m", "interference", "serve", "--port", str(port), "--threads", "2", *common]
     probe = start_server("probe", cmd, port)
     with httpx.Client(base_url=probe.base_url, timeout=120) as client:

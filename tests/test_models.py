@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import RunningServer, free_port, running_server, serve_command
-from interference.config import ConfigError, load_settings
+from interference.config import ConfigError, EngineOptions, load_settings
 from interference.engine import embedded_model_path
 from interference.engine._llama import quiet_llama_logs
 from interference.engine.footprint import estimate_footprint, probe_gguf
@@ -38,7 +38,10 @@ def one_model_mib() -> int:
     """The estimate the server will make for one copy served with one slot."""
     quiet_llama_logs()
     facts = probe_gguf(embedded_model_path())
-    return estimate_footprint(facts, ctx_size=0, parallel=1, batch_size=512, cache_type="f16").total_mib
+    options = EngineOptions()  # the prompt cache's default size counts in full
+    return estimate_footprint(
+        facts, ctx_size=0, parallel=1, batch_size=512, cache_type="f16", cache_ram_mib=options.cache_ram
+    ).total_mib
 
 
 @pytest.fixture()

@@ -110,6 +110,15 @@ class EngineOptions(_Frozen):
             "--cache-type", help="KV cache type: q8_0 halves its memory for a few %% of speed (default: f16)"
         ),
     ] = "f16"
+    cache_ram: Annotated[
+        int,
+        Field(ge=0),
+        flag(
+            "--cache-ram", metavar="MIB",
+            help="host RAM for saved prompt KV, restored when a prompt shares its prefix; "
+            "0: off (default: 2048)",
+        ),
+    ] = 2048  # fmt: skip
     request_timeout: Annotated[
         float,
         Field(gt=0),

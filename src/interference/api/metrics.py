@@ -51,6 +51,54 @@ class _EngineCollector(Collector):
             "decode_seconds": CounterMetricFamily(
                 "interference_engine_decode_seconds", "Time spent in llama_decode", labels=labels
             ),
+            "cache_hits": CounterMetricFamily(
+                "interference_engine_prompt_cache_hits",
+                "Admissions restored from the prompt cache",
+                labels=labels,
+            ),
+            "cache_misses": CounterMetricFamily(
+                "interference_engine_prompt_cache_misses",
+                "Admissions that restored nothing from the prompt cache",
+                labels=labels,
+            ),
+            "cache_restored_tokens": CounterMetricFamily(
+                "interference_engine_prompt_cache_restored_tokens",
+                "Prompt tokens restored from the prompt cache",
+                labels=labels,
+            ),
+            "cache_saves": CounterMetricFamily(
+                "interference_engine_prompt_cache_saves",
+                "Slot states saved to the prompt cache",
+                labels=labels,
+            ),
+            "cache_evictions": CounterMetricFamily(
+                "interference_engine_prompt_cache_evictions",
+                "Prompt cache entries evicted to stay within --cache-ram",
+                labels=labels,
+            ),
+            "cache_seconds": CounterMetricFamily(
+                "interference_engine_prompt_cache_seconds",
+                "Time spent saving and restoring prompt cache states",
+                labels=labels,
+            ),
+            "shared_prompt_tokens": CounterMetricFamily(
+                "interference_engine_shared_prompt_tokens",
+                "Prompt tokens copied between the choices of n > 1 requests instead of prefilled",
+                labels=labels,
+            ),
+        }
+        gauges = {
+            "cache_bytes": GaugeMetricFamily(
+                "interference_engine_prompt_cache_bytes", "Bytes held by the prompt cache", labels=labels
+            ),
+            "cache_entries": GaugeMetricFamily(
+                "interference_engine_prompt_cache_entries", "Entries in the prompt cache", labels=labels
+            ),
+            "cache_pause_max_seconds": GaugeMetricFamily(
+                "interference_engine_prompt_cache_pause_max_seconds",
+                "Longest time one admission spent saving and restoring states (other streams wait)",
+                labels=labels,
+            ),
         }
         for provider in self._router.providers:
             stats = provider.stats()
@@ -62,7 +110,9 @@ class _EngineCollector(Collector):
             waiting.add_metric(name, stats.requests_waiting)
             for key, family in counters.items():
                 family.add_metric(name, float(getattr(stats, key)))
-        yield from (active, total, waiting, *counters.values())
+            for key, gauge in gauges.items():
+                gauge.add_metric(name, float(getattr(stats, key)))
+        yield from (active, total, waiting, *counters.values(), *gauges.values())
 
 
 class _LifecycleCollector(Collector):

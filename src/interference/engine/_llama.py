@@ -273,6 +273,35 @@ class LlamaRuntime:
     def clear(self) -> None:
         C.llama_memory_clear(self._mem, True)
 
+    def seq_copy(self, src: int, dst: int) -> None:
+        """Make ``dst`` hold everything ``src`` holds (whole sequences only).
+
+        With ``kv_unified=False`` each sequence has its own buffer, and llama.cpp aborts the process on a
+        partial range. The data moves at the start of the next ``decode``; until then ``src``'s buffer must
+        not be overwritten and ``dst``'s must not be read or written as state.
+        """
+        C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    # ------------------------------------------------------------------ sequence state (prompt cache)
+
+    def state_save(self, seq: int) -> bytearray:
+        """A copy of one sequence's KV in host memory (cells, positions and data)."""
+        size = int(C.llama_state_seq_get_size(self._ctx, seq))
+        data = bytearray(size)
+        if size:
+            view = (ctypes.c_uint8 * size).from_buffer(data)
+            n = int(C.llama_state_seq_get_data(self._ctx, view, size, seq))
+            del view
+            del data[n:]
+        return data
+
+    def state_restore(self, seq: int, data: bytearray) -> bool:
+        """Replace ``seq``'s KV with a saved state (from any sequence); False when llama.cpp refused it."""
+        if not data:
+            return False
+        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return int(C.llama_state_seq_set_data(self._ctx, view, len(data), seq)) > 0
+
     def close(self) -> None:
         if self._ctx:
             C.llama_batch_free(self._batch)

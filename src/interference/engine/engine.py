@@ -52,6 +52,7 @@ class EngineConfig:
     max_queue: int = 64
     cache_type: str = "f16"  # KV cache element type: f16, q8_0 or q4_0
     repack: bool = False  # weights in llama.cpp's extra (repacked) buffer types: see cpu.py
+    cache_ram: int = 2048  # MiB of host memory for the prompt cache; 0: off
     request_timeout: float = 600.0
 
 
@@ -87,6 +88,7 @@ class Engine:
             prefill_chunk=config.batch_size,
             max_queue=config.max_queue,
             request_timeout=config.request_timeout,
+            cache_bytes=config.cache_ram * 2**20,
         )
         self.load_seconds = time.perf_counter() - started
 
@@ -142,5 +144,5 @@ class Engine:
         return (
             f"{model_id_for(i.path)} ({i.n_params / 1e6:.0f}M params, {i.size_bytes / 2**20:.0f} MiB) "
             f"in {self.load_seconds:.2f} s; {self.config.parallel} slots x {self.n_ctx_seq} tokens, "
-            f"{self.threads} threads"
+            f"{self.threads} threads, prompt cache {self.config.cache_ram} MiB"
         )

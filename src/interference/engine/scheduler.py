@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ._llama import LlamaRuntime
-from .detok import IncrementalDetokenizer, StopMatcher
+from .detok import StopMatcher
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
-from .prefix import SlotView, pick_slot
+from .placement import Placement
 from .sampling import CandidateBuffer, Sampler
+from .slots import EngineStats, Job, Phase, Slot
 from .types import EngineOutput, EngineRequest, FinishReason, TokenLogprob
 
 __all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Scheduler"]
@@ -33,49 +32,6 @@ logger = logging.getLogger(__name__)
 MIN_PREFILL = 32
 # Weight of the newest request in the running average of service times (Retry-After hints).
 SERVICE_EWMA_ALPHA = 0.2
-
-
-class _Phase(enum.Enum):
-    PREFILL = "prefill"
-    GENERATE = "generate"
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    handle: RequestHandle
-    sampler: Sampler
-    n_cached: int
-    cursor: int  # next prompt index to evaluate
-    phase: _Phase = _Phase.PREFILL
-    detok: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer)
-    stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
-    pending: int = -1  # sampled token not yet decoded
-    row: int = -1  # batch row holding this job's logits in the current step
-    n_generated: int = 0
-    added: int = 0  # tokens this job put in the current batch
-    logprobs: list[TokenLogprob] | None = None  # gathered since the last output
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(eq=False, slots=True)
-class _Slot:
-    seq: int
-    tokens: list[int] = field(default_factory=list)  # mirror of what the sequence holds in KV
-    last_used: float = 0.0
-    job: _Job | None = None
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counters read by the metrics endpoint (written by the scheduler thread only)."""
-
-    requests_finished: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    steps: int = 0
-    decode_seconds: float = 0.0
-    service_seconds: float | None = None  # running average, admission to finish, of recent requests
 
 
 class Scheduler:
@@ -89,9 +45,10 @@ class Scheduler:
         prefill_chunk: int,
         max_queue: int,
         request_timeout: float,
+        cache_bytes: int = 0,
     ) -> None:
         self._rt = runtime
-        self._slots = [_Slot(seq=i) for i in range(n_slots)]
+        self._slots = [Slot(seq=i) for i in range(n_slots)]
         self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
         self._timeout = request_timeout
         self._waiting = WaitQueue(n_slots=n_slots, max_waiting=max_queue)
@@ -101,6 +58,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
+        self._placement = Placement(runtime, self._slots, self.stats, cache_bytes=cache_bytes)
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -238,7 +196,11 @@ class Scheduler:
                 loop.call_soon_threadsafe(RequestHandle.deliver_all, items)
 
     def _admit(self) -> None:
-        while True:
+        # While streams are generating, one admission per step may move state between host RAM and the
+        # KV (a save and a restore, milliseconds each): running streams wait at most about one step more.
+        streaming = any(s.job is not None and s.job.phase is Phase.GENERATE for s in self._slots)
+        moved = False
+        while not (moved and streaming):
             idle = [s for s in self._slots if s.job is None]
             if not idle:
                 return
@@ -246,38 +208,44 @@ class Scheduler:
             if handle is None:
                 return
             try:
-                self._start(handle, idle)
+                moved = self._start(handle, idle) or moved
             except Exception as exc:
                 logger.exception("could not start request %s", handle.request.request_id)
                 self._waiting.release()
                 self._emit(handle, EngineOutput(error=f"could not start generation: {exc}"))
 
-    def _start(self, handle: RequestHandle, idle: list[_Slot]) -> None:
-        req = handle.request
-        views = [SlotView(i, s.tokens, s.last_used) for i, s in enumerate(self._slots) if s in idle]
-        index, n_past = pick_slot(views, req.prompt)
-        slot = self._slots[index]
-        if not self._rt.seq_rm(slot.seq, n_past, -1):
-            self._rt.seq_clear(slot.seq)
-            n_past = 0
-        del slot.tokens[n_past:]
+    def _start(self, handle: RequestHandle, idle: list[Slot]) -> bool:
+        """Give ``handle`` a slot; True when KV state moved to or from host memory."""
+        req = handle.request  # RUNNING already (WaitQueue.pop): an abort during a restore is seen by _reap
         grammar = None
         if req.grammar is not None:
             grammar = Sampler.grammar(self._rt.vocab, req.grammar)
             if grammar is None:
                 raise ValueError("the grammar does not parse")
         sampler = Sampler(req.sampling, n_vocab=self._rt.n_vocab, grammar=grammar)
-        slot.job = _Job(handle=handle, sampler=sampler, n_cached=n_past, cursor=n_past)
-        slot.job.stops = StopMatcher(list(req.stop))
+        started = time.perf_counter()
+        try:
+            slot, n_past, leader, moved = self._placement.place(req, idle)
+        except BaseException:
+            sampler.free()
+            raise
+        if moved:
+            pause = time.perf_counter() - started
+            self.stats.cache_pause_max_seconds = max(self.stats.cache_pause_max_seconds, pause)
+        job = Job(handle, sampler, n_cached=n_past, cursor=n_past, seq=slot.seq, leader=leader)
+        slot.job = job
+        job.stops = StopMatcher(list(req.stop))
         if req.top_logprobs is not None:
-            slot.job.logprobs = []
+            job.logprobs = []
         logger.debug(
-            "request %s -> slot %d, %d/%d prompt tokens cached",
+            "request %s -> slot %d, %d/%d prompt tokens cached%s",
             req.request_id,
             slot.seq,
             n_past,
             len(req.prompt),
+            ", waiting for the shared prompt" if leader is not None else "",
         )
+        return moved
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -290,7 +258,7 @@ class Scheduler:
             elif now > job.handle.deadline:
                 self._release(slot, EngineOutput(error="request timed out"))
 
-    def _release(self, slot: _Slot, final: EngineOutput | None = None) -> None:
+    def _release(self, slot: Slot, final: EngineOutput | None = None) -> None:
         """Free the slot; its KV and mirror stay for prefix reuse."""
         job = slot.job
         if job is None:
@@ -298,6 +266,10 @@ class Scheduler:
         slot.job = None
         slot.last_used = time.monotonic()
         job.sampler.free()
+        # Choices waiting for this one's prompt: the first prefills it now, the others wait for that one.
+        followers = [s.job for s in self._slots if s.job is not None and s.job.leader is job]
+        for follower in followers:
+            follower.leader = followers[0] if follower is not followers[0] else None
         self._waiting.release()
         if final is not None:
             self._emit(job.handle, final)
@@ -318,7 +290,7 @@ class Scheduler:
             job = slot.job
             assert job is not None
             job.row, job.added = -1, 0
-            if job.phase is _Phase.GENERATE:
+            if job.phase is Phase.GENERATE:
                 job.row = rt.batch_add(job.pending, len(slot.tokens), slot.seq, logits=True)
                 job.added = 1
                 n_decode += 1
@@ -329,7 +301,7 @@ class Scheduler:
         for slot in sorted(active, key=lambda s: s.job.handle.deadline if s.job else 0.0):
             job = slot.job
             assert job is not None
-            if job.phase is not _Phase.PREFILL or budget <= 0:
+            if job.phase is not Phase.PREFILL or job.leader is not None or budget <= 0:
                 continue
             prompt = job.handle.request.prompt
             take = min(len(prompt) - job.cursor, budget)
@@ -353,28 +325,49 @@ class Scheduler:
             logger.error("llama_decode returned %d with %d tokens in the batch", rc, rt.batch_size)
             self._fail_all(f"llama_decode failed ({rc})")
             return
+        self._placement.decoded()
 
-        for slot in active:
-            job = slot.job
-            assert job is not None
-            if job.phase is _Phase.GENERATE:
+        # A snapshot: sharing a prompt can finish (and release) a choice before its turn in this loop.
+        for slot, job in [(s, s.job) for s in active if s.job is not None]:
+            if job.added == 0:
+                continue
+            if job.phase is Phase.GENERATE:
                 slot.tokens.append(job.pending)
             else:
                 prompt = job.handle.request.prompt
                 slot.tokens.extend(prompt[job.cursor : job.cursor + job.added])
                 job.cursor += job.added
             if job.row >= 0:
-                if job.logprobs is not None:
-                    log_probs = rt.log_probs(job.row)
-                if job.sampler.has_grammar:
-                    token = job.sampler.sample_constrained(rt.logits(job.row), self._candidates)
-                else:
-                    token = rt.sample(job.sampler.chain, job.row)
-                if job.logprobs is not None:
-                    job.logprobs.append(
-                        self._token_logprob(token, log_probs, job.handle.request.top_logprobs or 0)
-                    )
+                token = self._sample(job, job.row)
+                if job.phase is Phase.PREFILL:
+                    self._share_prompt(slot, job)
                 self._on_token(slot, job, token)
+
+    def _sample(self, job: Job, row: int) -> int:
+        rt = self._rt
+        if job.logprobs is not None:
+            log_probs = rt.log_probs(row)
+        if job.sampler.has_grammar:
+            token = job.sampler.sample_constrained(rt.logits(row), self._candidates)
+        else:
+            token = rt.sample(job.sampler.chain, row)
+        if job.logprobs is not None:
+            job.logprobs.append(self._token_logprob(token, log_probs, job.handle.request.top_logprobs or 0))
+        return token
+
+    def _share_prompt(self, leader_slot: Slot, leader: Job) -> None:
+        """Hand a just-prefilled prompt to the choices waiting for it: copy the KV, sample the same row."""
+        for slot in self._slots:
+            job = slot.job
+            if job is None or job.leader is not leader:
+                continue
+            job.leader = None
+            prompt = job.handle.request.prompt
+            self._placement.copy_seq(leader_slot.seq, slot.seq)
+            slot.tokens[:] = prompt
+            job.cursor = job.n_cached = len(prompt)
+            self.stats.shared_prompt_tokens += len(prompt)
+            self._on_token(slot, job, self._sample(job, leader.row))
 
     def _token_logprob(self, token: int, log_probs: Any, k: int) -> TokenLogprob:
         top: tuple[tuple[bytes, float], ...] = ()
@@ -384,16 +377,16 @@ class Scheduler:
             top = tuple((self._rt.piece(int(t)), float(log_probs[t])) for t in best)
         return TokenLogprob(self._rt.piece(token), float(log_probs[token]), top)
 
-    def _take_logprobs(self, job: _Job) -> list[TokenLogprob] | None:
+    def _take_logprobs(self, job: Job) -> list[TokenLogprob] | None:
         if job.logprobs is None:
             return None
         taken, job.logprobs = job.logprobs, []
         return taken
 
-    def _on_token(self, slot: _Slot, job: _Job, token: int) -> None:
+    def _on_token(self, slot: Slot, job: Job, token: int) -> None:
         rt = self._rt
         req = job.handle.request
-        job.phase = _Phase.GENERATE
+        job.phase = Phase.GENERATE
         job.n_generated += 1
         finish: FinishReason | None = None
         text = ""

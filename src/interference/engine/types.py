@@ -39,6 +39,9 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF the output must match (root rule "root")
     top_logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
+    # Choices of one request (n > 1) share it and their prompt: the scheduler prefills the prompt once
+    # and copies its KV to the others.
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

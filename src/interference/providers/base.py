@@ -100,6 +100,17 @@ class ProviderStats:
     completion_tokens: int = 0
     steps: int = 0
     decode_seconds: float = 0.0
+    # The host-RAM prompt cache: hits, misses and what moved between the slots and host memory.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_restored_tokens: int = 0
+    cache_saves: int = 0
+    cache_evictions: int = 0
+    shared_prompt_tokens: int = 0
+    cache_bytes: int = 0
+    cache_entries: int = 0
+    cache_seconds: float = 0.0
+    cache_pause_max_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

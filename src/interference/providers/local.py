@@ -51,6 +51,11 @@ class _Plan:
     grammar: str | None = None
     top_logprobs: int | None = None
     legacy_logprobs: bool = False
+    group: str | None = None  # set when n > 1: the engine prefills the shared prompt once
+
+
+def _group(request: SamplingFields) -> str | None:
+    return new_id("grp") if (request.n or 1) > 1 else None
 
 
 class LocalProvider(Provider):
@@ -82,6 +87,16 @@ class LocalProvider(Provider):
             completion_tokens=s.completion_tokens,
             steps=s.steps,
             decode_seconds=s.decode_seconds,
+            cache_hits=s.cache_hits,
+            cache_misses=s.cache_misses,
+            cache_restored_tokens=s.cache_restored_tokens,
+            cache_saves=s.cache_saves,
+            cache_evictions=s.cache_evictions,
+            shared_prompt_tokens=s.shared_prompt_tokens,
+            cache_bytes=s.cache_bytes,
+            cache_entries=s.cache_entries,
+            cache_seconds=s.cache_seconds,
+            cache_pause_max_seconds=s.cache_pause_max_seconds,
         )
 
     # ------------------------------------------------------------------ requests
@@ -92,7 +107,14 @@ class LocalProvider(Provider):
         # Rendering, tokenizing and compiling a schema grow with the request: off the event loop.
         prompt, grammar = await asyncio.to_thread(self._chat_prompt, request, mode)
         top = (request.top_logprobs or 0) if request.logprobs else None
-        plan = _Plan(prompt, request.max_new_tokens, "messages", grammar=grammar, top_logprobs=top)
+        plan = _Plan(
+            prompt,
+            request.max_new_tokens,
+            "messages",
+            grammar=grammar,
+            top_logprobs=top,
+            group=_group(request),
+        )
         choices: list[AsyncIterator[Delta]] = []
         for i in range(request.n or 1):
             choice = self._generate(plan, request, index=i)
@@ -145,7 +167,12 @@ class LocalProvider(Provider):
             raise UnsupportedParameter("suffix (fill-in-the-middle) is not supported", param="suffix")
         prompt, echoed = await asyncio.to_thread(self._completion_prompt, request)
         plan = _Plan(
-            prompt, request.max_tokens, "prompt", top_logprobs=request.logprobs, legacy_logprobs=True
+            prompt,
+            request.max_tokens,
+            "prompt",
+            top_logprobs=request.logprobs,
+            legacy_logprobs=True,
+            group=_group(request),
         )
         choices = [self._generate(plan, request, index=i, echo=echoed) for i in range(request.n or 1)]
         async for delta in merge(choices):
@@ -231,6 +258,7 @@ class LocalProvider(Provider):
             stop=tuple(request.stop_strings),
             grammar=plan.grammar,
             top_logprobs=plan.top_logprobs,
+            group=plan.group,
         )
         try:
             handle = self.engine.submit(engine_request)

@@ -54,6 +54,7 @@ def load_engine(path: str | Path | None, options: EngineOptions, *, cpu: CpuInfo
             batch_size=options.batch_size,
             max_queue=options.max_queue,
             cache_type=options.cache_type,
+            cache_ram=options.cache_ram,
             request_timeout=options.request_timeout,
             repack=repack.enabled,
         )
@@ -89,7 +90,6 @@ class ManagedLocalProvider(Provider):
         pin: bool = False,
         ttl: float = 0.0,
         preload: bool = False,
-        cache_ram_mib: int = 0,
     ) -> None:
         self.name = f"local:{model_id}"
         self.model_id = model_id
@@ -112,7 +112,7 @@ class ManagedLocalProvider(Provider):
             batch_size=options.batch_size,
             cache_type=options.cache_type,
             default_per_slot=DEFAULT_CTX_PER_SLOT,
-            cache_ram_mib=cache_ram_mib,
+            cache_ram_mib=options.cache_ram,  # the prompt cache grows up to this, per engine
         )
         self.memory_mib = self.footprint.total_mib
         self.state = LoadState.UNLOADED

@@ -1,0 +1,164 @@
+"""Where an admitted request runs, and what its slot holds first: slot choice and the prompt cache.
+
+On the scheduler thread only. The longest common prefix wins, whether an idle slot or the host-RAM
+prompt cache holds it; a slot's KV is saved to that cache before being overwritten. Choices of one
+request (n > 1) get their leader's prompt by a whole-sequence copy instead of a prefill of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ._llama import LlamaRuntime
+from .prefix import MIN_SIMILARITY, SlotView, pick_slot
+from .prompt_cache import CacheEntry, PromptCache
+from .slots import EngineStats, Job, Phase, Slot
+from .types import EngineRequest
+
+__all__ = ["MIN_SAVE_TOKENS", "Placement"]
+
+logger = logging.getLogger(__name__)
+
+# A slot about to lose fewer tokens than this is not saved to the prompt cache: prefilling them again
+# costs less than the memory they would hold.
+MIN_SAVE_TOKENS = 16
+
+
+class Placement:
+    """Slot choice plus the moves of KV between slots and the prompt cache."""
+
+    def __init__(
+        self, runtime: LlamaRuntime, slots: list[Slot], stats: EngineStats, *, cache_bytes: int
+    ) -> None:
+        self._rt = runtime
+        self.slots = slots
+        self.stats = stats
+        self.cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
+        # Sequences whose whole-sequence copy waits for the next decode: their state must not be read
+        # or replaced until then.
+        self.pending_copy: set[int] = set()
+
+    def decoded(self) -> None:
+        """``llama_decode`` ran: it performs the queued sequence copies first."""
+        self.pending_copy.clear()
+
+    def place(self, req: EngineRequest, idle: list[Slot]) -> tuple[Slot, int, Job | None, bool]:
+        """Pick a slot and prepare its KV: (slot, prompt tokens already in it, leader to wait for, moved).
+
+        The longest common prefix wins, held by an idle slot or by the prompt cache; a slot is saved to
+        the cache before its KV is overwritten. Choices of one request copy their leader's prompt.
+        """
+        prompt = req.prompt
+        leader = self.leader(req)
+        if leader is not None:
+            target = self.victim(idle)
+            if target is not None:
+                moved = self.save(target, keep=0)
+                # A leader still prefilling hands its prompt over when done (Scheduler._share_prompt).
+                if leader.phase is Phase.PREFILL:
+                    self._rt.seq_clear(target.seq)
+                    target.tokens.clear()
+                    return target, 0, leader, moved
+                # The leader is generating already: copy its whole sequence, keep the prompt but its
+                # last token, whose logits this choice needs.
+                keep = len(prompt) - 1
+                self.copy_seq(leader.seq, target.seq)
+                self._rt.seq_rm(target.seq, keep, -1)
+                target.tokens[:] = prompt[:keep]
+                self.stats.shared_prompt_tokens += keep
+                return target, keep, None, moved
+        views = [SlotView(i, s.tokens, s.last_used) for i, s in enumerate(self.slots) if s in idle]
+        index, n_past = pick_slot(views, prompt)
+        if self.cache is not None:
+            entry, n_hit = self.cache.best(prompt)
+            n_hit = min(n_hit, len(prompt) - 1)
+            target = self.victim(idle)
+            worth = n_hit > n_past and n_hit >= MIN_SIMILARITY * len(prompt)
+            if entry is not None and target is not None and worth:
+                self.stats.cache_hits += 1
+                return target, self.restore(entry, n_hit, target), None, True
+            self.stats.cache_misses += 1
+        slot = self.slots[index]
+        moved = self.save(slot, keep=n_past)
+        if not self._rt.seq_rm(slot.seq, n_past, -1):
+            self._rt.seq_clear(slot.seq)
+            n_past = 0
+        del slot.tokens[n_past:]
+        return slot, n_past, None, moved
+
+    def leader(self, req: EngineRequest) -> Job | None:
+        """A running choice of the same request that prefills (or prefilled) the same prompt."""
+        if req.group is None:
+            return None
+        for slot in self.slots:
+            job = slot.job
+            if job is not None and job.leader is None and not job.handle.is_aborted:
+                other = job.handle.request
+                if other.group == req.group and other.prompt == req.prompt:
+                    return job
+        return None
+
+    def victim(self, idle: list[Slot]) -> Slot | None:
+        """The idle slot to overwrite: an empty one, else the least recently used."""
+        free = [s for s in idle if s.seq not in self.pending_copy]
+        if not free:
+            return None
+        empty = [s for s in free if not s.tokens]
+        return empty[0] if empty else min(free, key=lambda s: s.last_used)
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        self._rt.seq_copy(src, dst)
+        self.pending_copy.update((src, dst))
+
+    def save(self, slot: Slot, *, keep: int) -> bool:
+        """Save the slot's KV to the prompt cache when it is about to lose enough of it."""
+        cache = self.cache
+        if cache is None or len(slot.tokens) - keep < MIN_SAVE_TOKENS or slot.seq in self.pending_copy:
+            return False
+        if cache.covers(slot.tokens):
+            return False
+        started = time.perf_counter()
+        state = self._rt.state_save(slot.seq)
+        if cache.put(slot.tokens, state):
+            self.stats.cache_saves += 1
+        self._cache_stats(time.perf_counter() - started)
+        return True
+
+    def restore(self, entry: CacheEntry, n_hit: int, slot: Slot) -> int:
+        """Load a cached state into ``slot`` and trim it to the shared prefix; returns tokens reused."""
+        assert self.cache is not None
+        self.save(slot, keep=0)
+        started = time.perf_counter()
+        if not self._rt.state_restore(slot.seq, entry.state):
+            logger.warning("could not restore a cached prompt of %d tokens; prefilling it", len(entry.tokens))
+            self.cache.discard(entry)
+            self._rt.seq_clear(slot.seq)
+            slot.tokens.clear()
+            return 0
+        if not self._rt.seq_rm(slot.seq, n_hit, -1):
+            self._rt.seq_clear(slot.seq)
+            slot.tokens.clear()
+            return 0
+        slot.tokens[:] = entry.tokens[:n_hit]
+        if n_hit + MIN_SAVE_TOKENS > len(entry.tokens):
+            self.cache.discard(entry)  # the slot holds it now, and saves it again (longer) if overwritten
+        elapsed = time.perf_counter() - started
+        self.stats.cache_restored_tokens += n_hit
+        self._cache_stats(elapsed)
+        logger.debug(
+            "prompt cache hit: %d tokens restored into slot %d (%.1f ms, %d KiB)",
+            n_hit,
+            slot.seq,
+            elapsed * 1e3,
+            entry.size // 1024,
+        )
+        return n_hit
+
+    def _cache_stats(self, elapsed: float) -> None:
+        assert self.cache is not None
+        stats = self.stats
+        stats.cache_seconds += elapsed
+        stats.cache_bytes = self.cache.bytes_held
+        stats.cache_entries = len(self.cache)
+        stats.cache_evictions = self.cache.evictions

@@ -1,0 +1,70 @@
+"""What the scheduler keeps per slot and per running request, and the counters it publishes."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from .detok import IncrementalDetokenizer, StopMatcher
+from .handle import RequestHandle
+from .sampling import Sampler
+from .types import TokenLogprob
+
+__all__ = ["EngineStats", "Job", "Phase", "Slot"]
+
+
+class Phase(enum.Enum):
+    PREFILL = "prefill"
+    GENERATE = "generate"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    handle: RequestHandle
+    sampler: Sampler
+    n_cached: int
+    cursor: int  # next prompt index to evaluate
+    seq: int
+    leader: Job | None = None  # a choice of the same request prefilling the shared prompt
+    phase: Phase = Phase.PREFILL
+    detok: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher([]))
+    pending: int = -1  # sampled token not yet decoded
+    row: int = -1  # batch row holding this job's logits in the current step
+    n_generated: int = 0
+    added: int = 0  # tokens this job put in the current batch
+    logprobs: list[TokenLogprob] | None = None  # gathered since the last output
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # mirror of what the sequence holds in KV
+    last_used: float = 0.0
+    job: Job | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters read by the metrics endpoint (written by the scheduler thread only)."""
+
+    requests_finished: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    decode_seconds: float = 0.0
+    service_seconds: float | None = None  # running average, admission to finish, of recent requests
+    # The host-RAM prompt cache: a hit restores a saved sequence, a miss is an admission restoring none.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_restored_tokens: int = 0
+    cache_saves: int = 0
+    cache_evictions: int = 0
+    cache_bytes: int = 0
+    cache_entries: int = 0
+    cache_seconds: float = 0.0  # spent saving and restoring states, on the scheduler thread
+    cache_pause_max_seconds: float = 0.0  # the longest one admission spent on it (running streams wait)
+    shared_prompt_tokens: int = 0  # prompt tokens copied between the choices of n > 1 requests
