@@ -202,10 +202,10 @@ def test_an_unload_request_lets_the_running_stream_finish(models_dir: Path, tmp_
 def test_a_model_waits_for_room_until_the_load_timeout_then_gets_a_503(
     models_dir: Path, tmp_path: Path, one_model_mib: int
 ) -> None:
-    wide = tmp_path / "wide.toml"  # eight slots: eight times the KV cache, more than the budget
+    wide = tmp_path / "wide.toml"  # eight slots and a large prompt cache: more than the budget
     wide.write_text(
         f'[[models]]\nname = "wide"\n[[models.deployments]]\ntype = "local"\n'
-        f'path = "{models_dir / "gamma.gguf"}"\nparallel = 8\n'
+        f'path = "{models_dir / "gamma.gguf"}"\nparallel = 8\ncache_ram = 8192\n'
     )
     budget = one_model_mib + one_model_mib // 2  # room for one
     args = ("--lazy", "--memory-budget", str(budget), "--load-timeout", "1", "--config", str(wide))
