@@ -158,7 +158,8 @@ def build_router(settings: Settings) -> Router:
     if provider.preload and budget is not None and provider.memory_mib > budget:
         raise ModelLoadError(
             f"{path} needs about {provider.memory_mib} MiB with these options, more than the memory budget "
-            f"of {budget} MiB (--memory-budget); raise it, lower --parallel or --ctx-size, or pass --lazy"
+            f"of {budget} MiB (--memory-budget); raise it, lower --parallel, --ctx-size or --cache-ram, "
+            "or pass --lazy"
         )
     routes.append(
         Route(name=name, deployments=[Deployment(provider, name)], aliases=settings.aliases, is_default=True)
