@@ -14,6 +14,7 @@ from conftest import RunningServer, running_server
 from interference.cli import build_parser
 from interference.config import ConfigError, LocalDeployment, load_settings
 from interference.engine._llama import LlamaRuntime
+from interference.engine.cpu import choose_repack, read_cpu_info
 from interference.engine.engine import embedded_model_path
 from interference.engine.prompt_cache import PromptCache
 
@@ -106,7 +107,8 @@ def test_cache_ram_setting_from_flag_env_file_and_deployment(tmp_path: Any) -> N
 
 
 def test_save_restore_save_gives_the_same_bytes() -> None:
-    rt = LlamaRuntime(embedded_model_path(), n_ctx=2 * 512, n_seq=2, n_batch=512, n_threads=2)
+    repack = choose_repack(None, read_cpu_info()).enabled  # as the server decides: off on AMX CPUs
+    rt = LlamaRuntime(embedded_model_path(), n_ctx=2 * 512, n_seq=2, n_batch=512, n_threads=2, repack=repack)
     try:
         tokens = rt.tokenize("The quick brown fox jumps over the lazy dog. " * 6, add_special=False)
         for i, tok in enumerate(tokens):
