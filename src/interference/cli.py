@@ -129,8 +129,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="let pages from this origin call the API ('*' for any; repeatable; default: none)",
     )
+    serve.add_argument("--keys-file", metavar="FILE", help="named keys with limits (docs/keys.md)")
+    serve.add_argument("--usage-db", metavar="FILE", help="usage ledger (default: the user's data dir)")
+    serve.add_argument(
+        "--limits-backend", metavar="URL", help='where limits are counted: "memory" or redis://host:port/db'
+    )
+    serve.add_argument(
+        "--limits-fail-open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve limited keys unlimited while Redis is unreachable (default: refuse them, 503)",
+    )
     _common_flags(serve)
     _engine_flags(serve)
+
+    keys = sub.add_parser("keys", help="manage the keys file")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    add = keys_sub.add_parser("add", help="create a key: prints it once and stores its hash")
+    add.add_argument("name")
+    add.add_argument("--keys-file", metavar="FILE", help="the file (or INTERFERENCE_KEYS_FILE)")
+    add.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
+    add.add_argument("--tpm", type=int, metavar="N", help="prompt + completion tokens per minute")
+    add.add_argument("--max-concurrent", type=int, metavar="N", help="requests in flight at once")
+    add.add_argument("--models", metavar="A,B", help="allowed model ids and aliases (default: all)")
+    add.add_argument("--admin", action="store_true", help="may read usage and load or unload models")
+
+    usage = sub.add_parser("usage", help="print the usage ledger's totals")
+    usage.add_argument("--usage-db", metavar="FILE", help="the ledger (default: the user's data dir)")
+    usage.add_argument("--since", metavar="DATE", help="only requests since this ISO date or time (UTC)")
+    usage.add_argument("--by", choices=["key", "model", "day", "route"], default="key")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     models = sub.add_parser("models", help="list the models (and aliases) that serve would offer")
     _common_flags(models)
@@ -159,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 _SETTINGS_FLAGS = (
     "host", "port", "model", "model_name", "ctx_size", "threads", "parallel", "batch_size", "max_queue",
     "cache_type", "request_timeout", "repack", "aliases", "api_keys", "log_level", "embeddings",
-    "embedding_model", "log_format", "access_log", "cors_origins",
+    "embedding_model", "log_format", "access_log", "cors_origins", "keys_file", "usage_db",
+    "limits_backend", "limits_fail_open",
 )  # fmt: skip
 
 
@@ -188,6 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .client import run_chat
 
             return run_chat(args)
+        if args.command == "keys":
+            from .keys_cli import run_keys
+
+            return run_keys(args)
+        if args.command == "usage":
+            from .keys_cli import run_usage
+
+            return run_usage(args)
         if args.command == "bench":
             from .loadtest import run_bench
 

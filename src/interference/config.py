@@ -144,6 +144,19 @@ class Settings(EngineOptions):
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
     embeddings: bool = True
     embedding_model: str | None = None
+    # Named keys with limits (docs/keys.md); the usage ledger (None: in the user's data dir);
+    # where limits are counted: "memory" (this process) or "redis://host:port/db" (shared by replicas).
+    keys_file: str | None = None
+    usage_db: str | None = None
+    limits_backend: str = "memory"
+    limits_fail_open: bool = False
+
+    @field_validator("limits_backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError('must be "memory" or a redis:// URL')
+        return v
 
     @property
     def engine_options(self) -> EngineOptions:
@@ -173,6 +186,10 @@ _ENV_KEYS = {
     "CORS_ORIGINS": "cors_origins",
     "EMBEDDINGS": "embeddings",
     "EMBEDDING_MODEL": "embedding_model",
+    "KEYS_FILE": "keys_file",
+    "USAGE_DB": "usage_db",
+    "LIMITS_BACKEND": "limits_backend",
+    "LIMITS_FAIL_OPEN": "limits_fail_open",
 }
 _LIST_KEYS = {"aliases", "api_keys", "cors_origins"}
 

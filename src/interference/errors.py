@@ -29,9 +29,13 @@ __all__ = [
     "EngineFailure",
     "InterferenceError",
     "InvalidRequest",
+    "LimitsUnavailable",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NotFound",
     "Overloaded",
+    "PermissionDenied",
+    "RateLimited",
     "RequestTimedOut",
     "ServiceUnavailable",
     "UnsupportedParameter",
@@ -84,6 +88,21 @@ class AuthenticationFailed(InterferenceError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(InterferenceError):
+    """The key is valid but may not do this (an admin route, a model outside its list)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"This API key may not use the model '{model}'.", param="model")
+
+
 class NotFound(InterferenceError):
     status = 404
     type = "invalid_request_error"
@@ -108,6 +127,18 @@ class Overloaded(InterferenceError):
         self.retry_after = retry_after
 
 
+class RateLimited(InterferenceError):
+    """A key went over its own rpm, tpm or max_concurrent."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RequestTimedOut(InterferenceError):
     status = 504
     type = "timeout_error"
@@ -120,6 +151,12 @@ class ServiceUnavailable(InterferenceError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """The shared limits store cannot be reached and the server fails closed."""
+
+    code = "limits_unavailable"
 
 
 class UpstreamError(InterferenceError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,9 +11,10 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..config import Settings
+from ..config import ConfigError, Settings
+from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Route, Router
-from .auth import ApiKeyMiddleware
+from .access import AccessMiddleware, KeyStore
 from .errors import install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .page import install_page
@@ -33,16 +35,28 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
 
         routes = build_routes(settings)
     router = Router(routes)
+    keys = KeyStore(settings.keys_file)
+    try:
+        keys.load()
+    except (KeyFileError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    limits = build_limits(settings.limits_backend, fail_open=settings.limits_fail_open)
+    ledger = Ledger(settings.usage_db or default_usage_db())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ledger.start()
+        watcher = asyncio.create_task(keys.watch())
         for provider in router.providers:
             await provider.start()
         try:
             yield
         finally:
+            watcher.cancel()
             for provider in router.providers:
                 await provider.aclose()
+            await limits.aclose()
+            ledger.close()
 
     app = FastAPI(
         title="interference",
@@ -53,14 +67,21 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     )
     metrics = Metrics(router)
     app.state.interference = AppState.build(router)
+    app.state.usage_db = ledger.path
     app.add_api_route("/metrics", metrics.render, methods=["GET"], include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
     install_page(app)
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(
+        AccessMiddleware,
+        api_keys=[k.get_secret_value() for k in settings.api_keys],
+        keys=keys,
+        limits=limits,
+        ledger=ledger,
+        canonical=lambda name: router.resolve(name).name,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

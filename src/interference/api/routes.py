@@ -25,6 +25,7 @@ from .errors import validation_error
 from .models import model_card, model_list
 from .request_log import RequestRecord, record_of
 from .state import AppState
+from .usage import usage_report
 
 __all__ = ["api_router", "health_router"]
 
@@ -109,6 +110,11 @@ async def list_models(request: Request) -> Response:
 @api_router.get("/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
     return JSONResponse(model_card(request, _state(request).router.card(model_id)))
+
+
+@api_router.get("/usage")
+async def usage(request: Request) -> Response:
+    return await usage_report(request)
 
 
 @health_router.get("/health")
