@@ -20,6 +20,8 @@ from ..protocol import (
     MessagesRequest,
     ResponseRequest,
 )
+from ..protocol.openai import WireModel
+from .access import caller_of
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .models import model_card, model_list
@@ -38,9 +40,13 @@ health_router = APIRouter()
 async def _parse(request: Request, model: type[M]) -> M:
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    caller = caller_of(request.scope)
+    if caller is not None and caller.name is not None and isinstance(parsed, WireModel):
+        parsed.set_tenant(caller.name)
+    return parsed
 
 
 def _record(request: Request, model: str) -> RequestRecord | None:

@@ -39,6 +39,7 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF the output must match (root rule "root")
     top_logprobs: int | None = None  # None: no logprobs; else how many alternatives per token (0-20)
+    tenant: str = ""  # whose request it is: the waiting queue takes tenants in turn (opaque here)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 __all__ = [
     "ChatCompletion",
@@ -66,10 +66,20 @@ class WireModel(BaseModel):
     """Base of every request model: strict types, unknown fields kept aside."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    # Whose request this is (the API key's name), set by the server, never read from the wire; the
+    # local engine takes waiting requests of different tenants in turn.
+    _tenant: str = PrivateAttr(default="")
 
     @property
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    def set_tenant(self, tenant: str) -> None:
+        self._tenant = tenant
 
 
 # --------------------------------------------------------------------------- shared

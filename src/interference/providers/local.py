@@ -231,6 +231,7 @@ class LocalProvider(Provider):
             stop=tuple(request.stop_strings),
             grammar=plan.grammar,
             top_logprobs=plan.top_logprobs,
+            tenant=request.tenant,
         )
         try:
             handle = self.engine.submit(engine_request)
