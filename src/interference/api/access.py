@@ -36,7 +36,7 @@ from .auth import is_public, presented_key
 from .errors import response_for
 from .request_log import RequestRecord, route_of
 
-__all__ = ["AccessMiddleware", "Caller", "KeyStore", "caller_of", "is_admin"]
+__all__ = ["RATE_LIMIT_HEADERS", "AccessMiddleware", "Caller", "KeyStore", "caller_of", "is_admin"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ _ADMIN_PATH = re.compile(r"^(/v1)?/(usage|models/.+/(load|unload))$")
 DEFAULT_COMPLETION_RESERVE = 1024
 REFUSED = frozenset({401, 403, 429})
 POLL_SECONDS = 1.0
+RATE_LIMIT_HEADERS = [
+    f"x-ratelimit-{what}-{kind}"
+    for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+]
 
 
 @dataclass(frozen=True, slots=True)

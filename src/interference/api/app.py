@@ -14,7 +14,7 @@ from .. import __version__
 from ..config import ConfigError, Settings
 from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Route, Router
-from .access import AccessMiddleware, KeyStore
+from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
 from .errors import install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .page import install_page
@@ -95,7 +95,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
                 "anthropic-version",
                 REQUEST_ID_HEADER,
             ],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *RATE_LIMIT_HEADERS],
             max_age=600,
         )
     # Outermost, so every answer (401s and CORS preflights too) carries the request id.
