@@ -149,6 +149,8 @@ def test_rpm_admits_exactly_the_limit_and_refusals_do_not_count(keyed: Keyed) ->
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert statuses[2].headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     # The same limit on every generating route: the Anthropic route answers in its own envelope.
     msg = httpx.post(
         f"{keyed.server.url}/v1/messages",

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..keys import Concurrency, KeySpec, KeyTable, Ledger, LedgerEntry, Limits, Ticket, hash_key
 from ..keys.ledger import now_iso
+from ..keys.limits import LimitExceeded
 from .auth import is_public, presented_key
 from .errors import response_for
 from .request_log import RequestRecord, route_of
@@ -238,7 +239,10 @@ class AccessMiddleware:
                             )
                     except (RateLimited, ServiceUnavailable) as exc:
                         status = exc.status
-                        await response_for(scope, exc)(scope, receive, send)
+                        response = response_for(scope, exc)
+                        if isinstance(exc, LimitExceeded):
+                            response.raw_headers.extend(exc.quota.headers())
+                        await response(scope, receive, send)
                         return
             extra = ticket.quota.headers() if ticket is not None else []
 

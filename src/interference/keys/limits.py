@@ -25,6 +25,7 @@ __all__ = [
     "WINDOW",
     "Concurrency",
     "InProcessLimits",
+    "LimitExceeded",
     "Limits",
     "Quota",
     "RedisLimits",
@@ -81,9 +82,17 @@ class Limits(Protocol):
     async def aclose(self) -> None: ...
 
 
+class LimitExceeded(RateLimited):
+    """A 429 from a key's rpm or tpm, with the window's counts for the ``x-ratelimit-*`` headers."""
+
+    def __init__(self, message: str, *, retry_after: float, quota: Quota) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.quota = quota
+
+
 def _refusal(
     name: str, rpm: int | None, tpm: int | None, requests: int, tokens: int, reserve: int, reset: float
-) -> RateLimited:
+) -> LimitExceeded:
     if rpm is not None and requests + 1 > rpm:
         what = f"requests per minute: limit {rpm}, used {requests}"
     elif tpm is not None and reserve > tpm:
@@ -93,8 +102,10 @@ def _refusal(
         )
     else:
         what = f"tokens per minute: limit {tpm}, used {tokens}, requested {reserve}"
-    return RateLimited(
-        f"Rate limit reached for key '{name}' on {what}.", retry_after=max(1, math.ceil(reset))
+    return LimitExceeded(
+        f"Rate limit reached for key '{name}' on {what}.",
+        retry_after=max(1, math.ceil(reset)),
+        quota=Quota(rpm, tpm, requests, tokens, reset),
     )
 
 
