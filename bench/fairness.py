@@ -47,7 +47,9 @@ def _waiting(base_url: str) -> float:
 
 def _ttft(base_url: str, key: str, max_tokens: int) -> float:
     with httpx.Client(headers={"Authorization": f"Bearer {key}"}) as client:
-        result = stream_chat(client, base_url, PROMPT, max_tokens)
+        result = stream_chat(client, base_url, PROMPT, max_tokens, model="gpt-4o-mini")
+    if result.status != 200 or result.error:
+        raise RuntimeError(f"request failed: {result.status} {result.error}")
     return float(result.ttft)
 
 
@@ -94,6 +96,7 @@ def main() -> int:
         "burst": args.burst,
         "burst_max_tokens": args.max_tokens,
         "b_ttft_s": {"quiet": median(quiet), "fair": median(fair), "fifo": median(fifo)},
+        "samples_s": {"quiet": quiet, "fair": fair, "fifo": fifo},
         "fair_over_quiet": ratio(median(fair), median(quiet)),
         "fifo_over_fair": ratio(median(fifo), median(fair)),
     }

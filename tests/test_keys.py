@@ -311,3 +311,21 @@ def test_ledger_totals_equal_the_usage_clients_saw(keyed: Keyed) -> None:
     by_key = {row["key"]: row for row in json.loads(as_json.stdout)}
     assert by_key["ledger"]["prompt_tokens"] == prompt
     assert by_key["ledger"]["completion_tokens"] == completion
+
+
+def test_an_unopenable_default_ledger_does_not_stop_serving(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": "/proc/no-such-dir"}
+    with running_server("--no-embeddings", env=env, tmp=tmp_path) as server:
+        out = server.client().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert out.usage is not None
+        r = httpx.get(f"{server.url}/v1/usage")
+        assert r.status_code == 503
+        assert "usage ledger" in server.log
+
+
+def test_an_explicit_ledger_that_cannot_open_stops_start_up(tmp_path: Path) -> None:
+    bad = ("--no-embeddings", "--usage-db", "/proc/no-such-dir/u.db")
+    with pytest.raises(RuntimeError, match="usage ledger"), running_server(*bad, tmp=tmp_path):
+        pass

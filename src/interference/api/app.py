@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -45,7 +47,12 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ledger.start()
+        try:
+            ledger.start()
+        except (OSError, sqlite3.Error) as exc:
+            if settings.usage_db:
+                raise ConfigError(f"cannot open the usage ledger {ledger.path}: {exc}") from None
+            logger.warning("usage ledger off: cannot open %s: %s", ledger.path, exc)
         watcher = asyncio.create_task(keys.watch())
         for provider in router.providers:
             await provider.start()
@@ -53,6 +60,8 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
             yield
         finally:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             for provider in router.providers:
                 await provider.aclose()
             await limits.aclose()
@@ -67,7 +76,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     )
     metrics = Metrics(router)
     app.state.interference = AppState.build(router)
-    app.state.usage_db = ledger.path
+    app.state.ledger = ledger
     app.add_api_route("/metrics", metrics.render, methods=["GET"], include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health_router)

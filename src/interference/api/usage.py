@@ -9,8 +9,8 @@ from typing import cast
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidRequest, PermissionDenied
-from ..keys import GROUPS, summarize
+from ..errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from ..keys import GROUPS, Ledger, summarize
 from ..keys.ledger import Group
 from .access import is_admin
 
@@ -43,7 +43,8 @@ async def usage_report(request: Request) -> Response:
             f"Invalid value for 'group_by': use one of {', '.join(GROUPS)}.", param="group_by"
         )
     since = parse_since(request.query_params.get("since"))
-    rows = await asyncio.to_thread(
-        summarize, request.app.state.usage_db, since=since, group_by=cast(Group, group_by)
-    )
+    ledger: Ledger = request.app.state.ledger
+    if not ledger.is_running:
+        raise ServiceUnavailable("The usage ledger is off: its file could not be opened at start-up.")
+    rows = await asyncio.to_thread(summarize, ledger.path, since=since, group_by=cast(Group, group_by))
     return JSONResponse({"object": "list", "group_by": group_by, "since": since, "data": rows})

@@ -81,12 +81,18 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         connect(self.path).close()  # fail at start-up, not on the first request
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
         self._thread.start()
 
     def record(self, entry: LedgerEntry) -> None:
+        if self._thread is None:
+            return  # not started, or it could not open its file
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
