@@ -260,11 +260,12 @@ class AccessMiddleware:
                 self._concurrency.release(held)
             record = state.get("interference_request")
             usage = record.usage if isinstance(record, RequestRecord) else None
-            if ticket is not None:
-                used = usage.prompt_tokens + usage.completion_tokens if usage else 0
-                await asyncio.shield(self._limits.settle(ticket, tokens=used, refused=status in REFUSED))
             if self._ledger is not None:
                 self._write(scope, caller, record, status, started, model)
+            if ticket is not None:
+                used = usage.prompt_tokens + usage.completion_tokens if usage else 0
+                # Shielded: a cancelled request (a disconnect) still settles its reservation.
+                await asyncio.shield(self._limits.settle(ticket, tokens=used, refused=status in REFUSED))
 
     def _write(
         self,
