@@ -72,6 +72,8 @@ def running_server(
     log_path = log_dir / f"interference-{port}.log"
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("INTERFERENCE_THREADS", "2")
+    # The usage ledger's default file lives in the data dir: keep test servers out of the real one.
+    full_env.setdefault("XDG_DATA_HOME", str(log_dir / "data"))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             serve_command("--port", str(port), *args), stdout=log, stderr=subprocess.STDOUT, env=full_env

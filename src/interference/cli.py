@@ -86,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
     _setting_flags(serve, server=True)
 
+    keys = sub.add_parser("keys", help="manage the keys file")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    add = keys_sub.add_parser("add", help="create a key: prints it once and stores its hash")
+    add.add_argument("name")
+    add.add_argument("--keys-file", metavar="FILE", help="the file (or INTERFERENCE_KEYS_FILE)")
+    add.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
+    add.add_argument("--tpm", type=int, metavar="N", help="prompt + completion tokens per minute")
+    add.add_argument("--max-concurrent", type=int, metavar="N", help="requests in flight at once")
+    add.add_argument("--models", metavar="A,B", help="allowed model ids and aliases (default: all)")
+    add.add_argument("--admin", action="store_true", help="may read usage and load or unload models")
+
+    usage = sub.add_parser("usage", help="print the usage ledger's totals")
+    usage.add_argument("--usage-db", metavar="FILE", help="the ledger (default: the user's data dir)")
+    usage.add_argument("--since", metavar="DATE", help="only requests since this ISO date or time (UTC)")
+    usage.add_argument("--by", choices=["key", "model", "day", "route"], default="key")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     models = sub.add_parser("models", help="list the models (and aliases) that serve would offer")
     models.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
     _setting_flags(models, server=False)
@@ -135,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .client import run_chat
 
             return run_chat(args)
+        if args.command == "keys":
+            from .keys_cli import run_keys
+
+            return run_keys(args)
+        if args.command == "usage":
+            from .keys_cli import run_usage
+
+            return run_usage(args)
         if args.command == "bench":
             from .loadtest import run_bench
 

@@ -357,6 +357,39 @@ class Settings(BaseSettings, EngineOptions):
             help="embedding requests that may wait for the embedding model before 429 (default: 64)",
         ),
     ] = 64  # fmt: skip
+    # Named keys with limits (docs/keys.md); the usage ledger (None: in the user's data dir);
+    # where limits are counted: "memory" (this process) or "redis://host:port/db" (shared by replicas).
+    keys_file: Annotated[
+        str | None,
+        flag("--keys-file", metavar="FILE", group="server", help="named keys with limits (docs/keys.md)"),
+    ] = None
+    usage_db: Annotated[
+        str | None,
+        flag(
+            "--usage-db", metavar="FILE", group="server", help="usage ledger (default: the user's data dir)"
+        ),
+    ] = None
+    limits_backend: Annotated[
+        str,
+        flag(
+            "--limits-backend", metavar="URL", group="server",
+            help='where limits are counted: "memory" or redis://host:port/db',
+        ),
+    ] = "memory"  # fmt: skip
+    limits_fail_open: Annotated[
+        bool,
+        flag(
+            "--limits-fail-open", action="toggle", group="server",
+            help="serve limited keys unlimited while Redis is unreachable (default: refuse them, 503)",
+        ),
+    ] = False  # fmt: skip
+
+    @field_validator("limits_backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError('must be "memory" or a redis:// URL')
+        return v
 
     @property
     def engine_options(self) -> EngineOptions:

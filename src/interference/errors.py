@@ -34,10 +34,14 @@ __all__ = [
     "InsufficientMemory",
     "InterferenceError",
     "InvalidRequest",
+    "LimitsUnavailable",
     "ModelLoadTimeout",
+    "ModelNotAllowed",
     "ModelNotFound",
     "NotFound",
     "Overloaded",
+    "PermissionDenied",
+    "RateLimited",
     "RequestTimedOut",
     "RequestTooLarge",
     "ServerShuttingDown",
@@ -97,6 +101,21 @@ class AuthenticationFailed(InterferenceError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(InterferenceError):
+    """The key is valid but may not do this (an admin route, a model outside its list)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"This API key may not use the model '{model}'.", param="model")
+
+
 class NotFound(InterferenceError):
     status = 404
     type = "invalid_request_error"
@@ -115,6 +134,18 @@ class Overloaded(InterferenceError):
     status = 429
     type = "rate_limit_error"
     code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(InterferenceError):
+    """A key went over its own rpm, tpm or max_concurrent."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -150,6 +181,12 @@ class ServerShuttingDown(InterferenceError):
 
     status = 503
     code = "server_shutting_down"
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """The shared limits store cannot be reached and the server fails closed."""
+
+    code = "limits_unavailable"
 
 
 class UpstreamError(InterferenceError):

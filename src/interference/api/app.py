@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,9 +13,10 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..config import Settings
+from ..config import ConfigError, Settings
+from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Route, Router
-from .auth import ApiKeyMiddleware
+from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
@@ -36,16 +40,35 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
         router = build_router(settings)
     else:
         router = Router(routes)
+    keys = KeyStore(settings.keys_file)
+    try:
+        keys.load()
+    except (KeyFileError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    limits = build_limits(settings.limits_backend, fail_open=settings.limits_fail_open)
+    ledger = Ledger(settings.usage_db or default_usage_db())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            ledger.start()
+        except (OSError, sqlite3.Error) as exc:
+            if settings.usage_db:
+                raise ConfigError(f"cannot open the usage ledger {ledger.path}: {exc}") from None
+            logger.warning("usage ledger off: cannot open %s: %s", ledger.path, exc)
+        watcher = asyncio.create_task(keys.watch())
         for provider in router.providers:
             await provider.start()
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             for provider in router.providers:
                 await provider.aclose()
+            await limits.aclose()
+            ledger.close()
 
     app = FastAPI(
         title="interference",
@@ -56,6 +79,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     )
     metrics = Metrics(router)
     app.state.interference = AppState.build(router)
+    app.state.ledger = ledger
     app.add_api_route("/metrics", metrics.render, methods=["GET"], include_in_schema=False)
     install_error_handlers(app)
     app.include_router(health_router)
@@ -63,8 +87,15 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(api_router)
     install_page(app)
     install_openapi(app, REQUEST_MODELS)
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
+    app.add_middleware(
+        AccessMiddleware,
+        api_keys=[k.get_secret_value() for k in settings.api_keys],
+        keys=keys,
+        limits=limits,
+        ledger=ledger,
+        canonical=lambda name: router.resolve(name).name,
+    )
+    # Outside the key checks: a body over the limit is refused before anything reads it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_body_mib * 2**20))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
@@ -79,7 +110,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
                 "anthropic-version",
                 REQUEST_ID_HEADER,
             ],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *RATE_LIMIT_HEADERS],
             max_age=600,
         )
     # Outermost, so every answer (401s and CORS preflights too) carries the request id.

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..providers.base import TokenUsage
 
-__all__ = ["HEADER", "RequestIdMiddleware", "RequestRecord", "record_of"]
+__all__ = ["HEADER", "RequestIdMiddleware", "RequestRecord", "record_of", "route_of"]
 
 access_logger = logging.getLogger("interference.access")
 
@@ -64,7 +64,7 @@ def _request_id(scope: Scope) -> str:
     return os.urandom(16).hex()
 
 
-def _route_of(scope: Scope) -> str:
+def route_of(scope: Scope) -> str:
     """The matched route's template with its mount prefix (``/v1/models/{model_id:path}``), else the path."""
     path: str = scope["path"]
     template = getattr(scope.get("route"), "path", None)
@@ -107,7 +107,7 @@ class RequestIdMiddleware:
                 self._write(scope, record, status)
 
     def _write(self, scope: Scope, record: RequestRecord, status: int) -> None:
-        path = _route_of(scope)
+        path = route_of(scope)
         duration = time.perf_counter() - record.started
         usage = record.usage
         if self._format == "json":

@@ -76,7 +76,9 @@ def _chat_request(request: ResponseRequest) -> ChatCompletionRequest:
         "user": request.user,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
-    return ChatCompletionRequest.model_validate(body)
+    chat = ChatCompletionRequest.model_validate(body)
+    chat.set_tenant(request.tenant)
+    return chat
 
 
 class _Draft:

@@ -22,12 +22,15 @@ from ..protocol import (
     ModelCard,
     ResponseRequest,
 )
+from ..protocol.openai import WireModel
+from .access import caller_of
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .models import model_card, model_list
 from .openapi import request_body
 from .request_log import RequestRecord, record_of
 from .state import AppState
+from .usage import usage_report
 
 __all__ = ["REQUEST_MODELS", "api_router", "health_router"]
 
@@ -50,9 +53,13 @@ health_router = APIRouter()
 async def _parse(request: Request, model: type[M]) -> M:
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    caller = caller_of(request.scope)
+    if caller is not None and caller.name is not None and isinstance(parsed, WireModel):
+        parsed.set_tenant(caller.name)
+    return parsed
 
 
 def _record(request: Request, model: str) -> RequestRecord | None:
@@ -140,6 +147,11 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     router = _state(request).router
     await router.find(model_id)
     return JSONResponse(model_card(request, router.card(model_id)))
+
+
+@api_router.get("/usage")
+async def usage(request: Request) -> Response:
+    return await usage_report(request)
 
 
 @health_router.get("/health")

@@ -123,10 +123,16 @@ class RequestHandle:
 
 
 class WaitQueue:
-    """FIFO of handles waiting for a slot, bounded by free slots plus ``max_waiting``."""
+    """Handles waiting for a slot, bounded by free slots plus ``max_waiting``.
+
+    Fair turns: each tenant (``EngineRequest.tenant``) has its own FIFO, and ``pop`` serves the tenants
+    round-robin, so one tenant's burst delays another's request by at most one freed slot.
+    """
 
     def __init__(self, *, n_slots: int, max_waiting: int) -> None:
-        self._items: deque[RequestHandle] = deque()
+        self._by_tenant: dict[str, deque[RequestHandle]] = {}
+        self._turns: deque[str] = deque()  # tenants with waiting handles, next to be served first
+        self._count = 0
         self._cond = threading.Condition()
         self._capacity = n_slots + max_waiting
         self.active = 0  # handles holding a slot; changed only under the lock
@@ -140,25 +146,52 @@ class WaitQueue:
     def put(self, handle: RequestHandle) -> None:
         """Queue ``handle``; raises ``QueueFull`` (without a wait estimate) at the bound."""
         with self._cond:
-            if len(self._items) + self.active >= self._capacity:
+            if self._count + self.active >= self._capacity:
                 raise QueueFull
-            self._items.append(handle)
+            tenant = handle.request.tenant
+            queue = self._by_tenant.get(tenant)
+            if queue is None:
+                queue = self._by_tenant[tenant] = deque()
+                self._turns.append(tenant)
+            queue.append(handle)
+            self._count += 1
             self._cond.notify()
 
     def pop(self) -> RequestHandle | None:
-        """Next waiting handle that is still wanted, now RUNNING and counted as active."""
+        """Next waiting handle that is still wanted, now RUNNING and counted as active.
+
+        The tenant whose turn it is keeps its turn past its own aborted handles, then goes to the back.
+        """
         with self._cond:
-            while self._items:
-                handle = self._items.popleft()
-                if handle.try_start():
+            while self._turns:
+                tenant = self._turns.popleft()
+                queue = self._by_tenant[tenant]
+                started = None
+                while queue and started is None:
+                    handle = queue.popleft()
+                    self._count -= 1
+                    if handle.try_start():
+                        started = handle
+                if queue:
+                    self._turns.append(tenant)
+                else:
+                    del self._by_tenant[tenant]
+                if started is not None:
                     self.active += 1
-                    return handle
+                    return started
             return None
 
     def remove(self, handle: RequestHandle) -> None:
         with self._cond:
-            with contextlib.suppress(ValueError):
-                self._items.remove(handle)
+            tenant = handle.request.tenant
+            queue = self._by_tenant.get(tenant)
+            if queue is not None:
+                with contextlib.suppress(ValueError):
+                    queue.remove(handle)
+                    self._count -= 1
+                if not queue:
+                    del self._by_tenant[tenant]
+                    self._turns.remove(tenant)
             self._cond.notify()
 
     def release(self) -> None:
@@ -173,15 +206,17 @@ class WaitQueue:
     def wait(self, timeout: float) -> None:
         """Block until something is queued or poked (or ``timeout`` passes)."""
         with self._cond:
-            if not self._items and not self._wakeups:
+            if not self._count and not self._wakeups:
                 self._cond.wait(timeout)
             self._wakeups = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def drain(self) -> list[RequestHandle]:
         with self._cond:
-            items = list(self._items)
-            self._items.clear()
+            items = [h for tenant in self._turns for h in self._by_tenant[tenant]]
+            self._by_tenant.clear()
+            self._turns.clear()
+            self._count = 0
             return items

@@ -42,6 +42,7 @@ class EngineRequest:
     # Choices of one request (n > 1) share it and their prompt: the scheduler prefills the prompt once
     # and copies its KV to the others.
     group: str | None = None
+    tenant: str = ""  # whose request it is: the waiting queue takes tenants in turn (opaque here)
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,9 @@ def chat_request(request: CountTokensRequest, *, stream: bool | None = None) -> 
 
 def validated_chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
     """``chat_request`` validated; raises pydantic's ``ValidationError`` or ``ParamError``."""
-    return ChatCompletionRequest.model_validate(chat_request(request))
+    chat = ChatCompletionRequest.model_validate(chat_request(request))
+    chat.set_tenant(request.tenant)
+    return chat
 
 
 def stop_reason(finish: str | None, stop_sequence: str | None) -> str:

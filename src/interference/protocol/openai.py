@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 __all__ = [
     "AssistantMessage",
@@ -67,10 +67,20 @@ class WireModel(BaseModel):
     """Base of every request model: strict types, unknown fields kept aside."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    # Whose request this is (the API key's name), set by the server, never read from the wire; the
+    # local engine takes waiting requests of different tenants in turn.
+    _tenant: str = PrivateAttr(default="")
 
     @property
     def ignored_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    def set_tenant(self, tenant: str) -> None:
+        self._tenant = tenant
 
 
 # --------------------------------------------------------------------------- shared

@@ -259,6 +259,7 @@ class LocalProvider(Provider):
             grammar=plan.grammar,
             top_logprobs=plan.top_logprobs,
             group=plan.group,
+            tenant=request.tenant,
         )
         try:
             handle = self.engine.submit(engine_request)

@@ -1,0 +1,179 @@
+"""The usage ledger: one SQLite row per request, written in batches by a thread off the event loop.
+
+``record`` only puts the entry on a bounded queue (``QUEUE_BOUND`` entries); when the queue is full the
+entry is dropped and counted (``dropped``), so a slow disk never stalls serving. The writer thread
+commits whatever has queued up, one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from dataclasses import astuple, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["GROUPS", "Ledger", "LedgerEntry", "default_usage_db", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+QUEUE_BOUND = 10_000
+BATCH = 256
+GROUPS = ("key", "model", "day", "route")
+Group = Literal["key", "model", "day", "route"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    time TEXT NOT NULL,              -- ISO 8601, UTC, when the request ended
+    key_name TEXT,                   -- the keys file's name; NULL for --api-key keys and no auth
+    model TEXT,
+    route TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    ttft_ms REAL,
+    duration_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_time ON usage (time);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    time: str
+    key_name: str | None
+    model: str | None
+    route: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+
+
+def default_usage_db(env: dict[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/interference/usage.db``, else ``~/.local/share/interference/usage.db``."""
+    env = dict(os.environ) if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "interference" / "usage.db"
+
+
+def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+class Ledger:
+    """Owns the writer thread; ``start`` and ``close`` are called by the app's lifespan."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._queue: queue.Queue[LedgerEntry | None] = queue.Queue(maxsize=QUEUE_BOUND)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        connect(self.path).close()  # fail at start-up, not on the first request
+        self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
+        self._thread.start()
+
+    def record(self, entry: LedgerEntry) -> None:
+        if self._thread is None:
+            return  # not started, or it could not open its file
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning("usage ledger queue full: %d entries dropped so far", self.dropped)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            stop = False
+            while not stop:
+                batch: list[LedgerEntry] = []
+                item = self._queue.get()
+                while True:
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                    if len(batch) >= BATCH:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    try:
+                        with conn:
+                            conn.executemany(
+                                "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(e) for e in batch]
+                            )
+                    except sqlite3.Error:
+                        logger.exception("usage ledger: could not write %d entries", len(batch))
+        finally:
+            conn.close()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+_GROUP_SQL = {
+    "key": "COALESCE(key_name, '-')",
+    "model": "COALESCE(model, '-')",
+    "day": "substr(time, 1, 10)",
+    "route": "route",
+}
+
+
+def summarize(
+    path: str | os.PathLike[str], *, since: str | None = None, group_by: Group = "key"
+) -> list[dict[str, Any]]:
+    """Totals per group since a date or time (ISO 8601, UTC), largest first."""
+    column = _GROUP_SQL[group_by]
+    where, args = ("WHERE time >= ?", [since]) if since else ("", [])
+    sql = (
+        f"SELECT {column} AS grp, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+        f"SUM(cached_tokens), SUM(status >= 400), AVG(ttft_ms) FROM usage {where} "
+        "GROUP BY grp ORDER BY SUM(prompt_tokens + completion_tokens) DESC, grp"
+    )
+    conn = connect(path)
+    try:
+        rows = conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+    return [
+        {
+            group_by: grp,
+            "requests": n,
+            "prompt_tokens": p or 0,
+            "completion_tokens": c or 0,
+            "total_tokens": (p or 0) + (c or 0),
+            "cached_tokens": cached or 0,
+            "errors": errors or 0,
+            "avg_ttft_ms": round(ttft, 1) if ttft is not None else None,
+        }
+        for grp, n, p, c, cached, errors, ttft in rows
+    ]
