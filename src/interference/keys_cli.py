@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from .config import load_settings
 
 __all__ = ["run_keys", "run_usage"]
 
@@ -17,7 +18,7 @@ def _fail(message: str) -> int:
 def run_keys(args: argparse.Namespace) -> int:
     from .keys import KeyFileError, add_key
 
-    path = args.keys_file or os.environ.get("INTERFERENCE_KEYS_FILE")
+    path = load_settings({"keys_file": args.keys_file}).keys_file  # flag > env > file
     if not path:
         return _fail("name the keys file with --keys-file or INTERFERENCE_KEYS_FILE")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
@@ -50,7 +51,7 @@ def run_usage(args: argparse.Namespace) -> int:
     from .keys import default_usage_db, summarize
     from .keys.ledger import Group
 
-    path = args.usage_db or os.environ.get("INTERFERENCE_USAGE_DB") or default_usage_db()
+    path = load_settings({"usage_db": args.usage_db}).usage_db or default_usage_db()
     from .api.usage import parse_since
     from .errors import InvalidRequest
 
