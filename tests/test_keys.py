@@ -329,3 +329,36 @@ def test_an_explicit_ledger_that_cannot_open_stops_start_up(tmp_path: Path) -> N
     bad = ("--no-embeddings", "--usage-db", "/proc/no-such-dir/u.db")
     with pytest.raises(RuntimeError, match="usage ledger"), running_server(*bad, tmp=tmp_path):
         pass
+
+
+def test_embeddings_count_against_rpm_and_model_admin_routes_need_admin(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys = {
+        "embed": add_key(keys_file, "embed", "--rpm", "2"),
+        "user": add_key(keys_file, "user"),
+        "boss": add_key(keys_file, "boss", "--admin"),
+    }
+    args = ("--keys-file", str(keys_file), "--usage-db", str(tmp_path / "usage.db"), "--parallel", "1")
+    with running_server(*args, tmp=tmp_path) as server:
+        fresh_window()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["embed"], max_retries=0)
+        for _ in range(2):
+            raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="a tree")
+            assert raw.headers["x-ratelimit-limit-requests"] == "2"
+            assert len(raw.parse().data[0].embedding) > 0
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.embeddings.create(model="text-embedding-3-small", input="a tree")
+        assert caught.value.code == "rate_limit_exceeded"
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+
+        lister = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["user"], max_retries=0)
+        model = next(m.id for m in lister.models.list().data if getattr(m, "kind", "chat") == "chat")
+        for path in (f"/v1/models/{model}/load", f"/v1/models/{model}/unload"):
+            refused = httpx.post(f"{server.url}{path}", headers={"Authorization": f"Bearer {keys['user']}"})
+            assert refused.status_code == 403, refused.text
+        allowed = httpx.post(
+            f"{server.url}/v1/models/{model}/load",
+            headers={"Authorization": f"Bearer {keys['boss']}"},
+            timeout=120,
+        )
+        assert allowed.status_code == 200, allowed.text
