@@ -47,6 +47,17 @@ def test_a_burst_does_not_hold_back_another_tenant(loop: asyncio.AbstractEventLo
     assert order[2:] == [f"a{i}" for i in range(1, 20)]  # a's own requests keep their order
 
 
+def test_a_tenant_arriving_after_a_burst_was_served_goes_next(loop: asyncio.AbstractEventLoop) -> None:
+    queue = WaitQueue(n_slots=1, max_waiting=64)
+    for i in range(5):
+        queue.put(_handle(loop, "a", i))
+    running = queue.pop()
+    assert running is not None and running.request.request_id == "a0"
+    queue.put(_handle(loop, "b", 0))  # b arrives while a0 runs and a1..a4 wait
+    queue.release()
+    assert _drain(queue) == ["b0", "a1", "a2", "a3", "a4"]
+
+
 def test_tenants_take_turns_and_aborted_handles_are_skipped(loop: asyncio.AbstractEventLoop) -> None:
     queue = WaitQueue(n_slots=1, max_waiting=64)
     handles = {f"{t}{i}": _handle(loop, t, i) for t in "abc" for i in range(3)}
@@ -103,6 +114,6 @@ def test_the_server_serves_a_second_key_before_the_rest_of_a_burst(tmp_path: Pat
         tb.start()
         for t in [*threads, tb]:
             t.join()
-    later_a = [first[f"a{i}"] for i in range(1, 5)]
-    # b started its first token before at least three of a's four waiting requests.
-    assert sum(first["b"] < t for t in later_a) >= 3
+    # One of a's requests held the slot when b arrived; b goes next, so it starts before the other four.
+    # One more may slip in if that request ends while b's prompt is still being prepared.
+    assert sum(first["b"] < first[f"a{i}"] for i in range(5)) >= 3

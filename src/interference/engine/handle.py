@@ -125,13 +125,18 @@ class RequestHandle:
 class WaitQueue:
     """Handles waiting for a slot, bounded by free slots plus ``max_waiting``.
 
-    Fair turns: each tenant (``EngineRequest.tenant``) has its own FIFO, and ``pop`` serves the tenants
-    round-robin, so one tenant's burst delays another's request by at most one freed slot.
+    Fair turns: each tenant (``EngineRequest.tenant``) has its own FIFO, and ``pop`` serves the tenant
+    that was served longest ago (a tenant with nothing served since it began waiting comes first, in
+    order of arrival). So tenants with waiting requests take turns round-robin, and a tenant that arrives
+    behind another's burst waits for at most one freed slot, however recently that burst was served.
     """
 
     def __init__(self, *, n_slots: int, max_waiting: int) -> None:
         self._by_tenant: dict[str, deque[RequestHandle]] = {}
-        self._turns: deque[str] = deque()  # tenants with waiting handles, next to be served first
+        # Tenants with waiting handles -> (last served, arrival): the smallest is served next. A tenant
+        # not served since it began waiting has -1; ``_serial`` counts pops and arrivals.
+        self._turns: dict[str, tuple[int, int]] = {}
+        self._serial = 0
         self._count = 0
         self._cond = threading.Condition()
         self._capacity = n_slots + max_waiting
@@ -152,7 +157,8 @@ class WaitQueue:
             queue = self._by_tenant.get(tenant)
             if queue is None:
                 queue = self._by_tenant[tenant] = deque()
-                self._turns.append(tenant)
+                self._serial += 1
+                self._turns[tenant] = (-1, self._serial)
             queue.append(handle)
             self._count += 1
             self._cond.notify()
@@ -164,7 +170,7 @@ class WaitQueue:
         """
         with self._cond:
             while self._turns:
-                tenant = self._turns.popleft()
+                tenant = min(self._turns, key=self._turns.__getitem__)  # a few tenants: a scan is enough
                 queue = self._by_tenant[tenant]
                 started = None
                 while queue and started is None:
@@ -173,9 +179,10 @@ class WaitQueue:
                     if handle.try_start():
                         started = handle
                 if queue:
-                    self._turns.append(tenant)
+                    self._serial += 1
+                    self._turns[tenant] = (self._serial, 0)
                 else:
-                    del self._by_tenant[tenant]
+                    del self._by_tenant[tenant], self._turns[tenant]
                 if started is not None:
                     self.active += 1
                     return started
@@ -190,8 +197,7 @@ class WaitQueue:
                     queue.remove(handle)
                     self._count -= 1
                 if not queue:
-                    del self._by_tenant[tenant]
-                    self._turns.remove(tenant)
+                    del self._by_tenant[tenant], self._turns[tenant]
             self._cond.notify()
 
     def release(self) -> None:
