@@ -80,13 +80,6 @@ def user_turn(conv: int, turn: int) -> str:
 SHARED_SYSTEM = "You are a careful assistant for a travel company. Policies: " + _words(470, 999)
 
 
-def _amx() -> bool:
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def conversations(
     client: httpx.Client, servers: list[Server], n_conv: int, turns: int, answer: int
 ) -> dict[str, dict[str, Any]]:
@@ -222,8 +215,6 @@ def main() -> None:
             binary = ensure_llama_server()
         port = free_port()
         extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_]
-        if _amx():
-            extra.append("--no-repack")  # llama.cpp's AMX repack buffers crash (see ENGINE notes)
         plan.append(("llama-server", llama_server_cmd(binary, embedded_gguf(), port, extra), port))
     if not plan:
         sys.exit("nothing to run")

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from interference.engine.cpu import read_cpu_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
@@ -64,11 +66,6 @@ def q4_0_copy(source: Path) -> Path:
     return target
 
 
-def has_amx() -> bool:
-    text = Path("/proc/cpuinfo").read_text(errors="replace")
-    return "amx_int8" in text or "amx_tile" in text
-
-
 def serve(gguf: Path, flag: str, threads: int) -> Any:
     port = free_port()
     cmd = [sys.executable, "-m", "interference", "serve", "--port", str(port), "-m", str(gguf), flag]
@@ -85,7 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     exit_on_sigterm()
-    amx = has_amx()
+    amx = read_cpu_info().has_amx
     q4_1 = embedded_gguf()
     files = {"Q4_0": q4_0_copy(q4_1), "Q4_1": q4_1}
     flags = ["--no-repack"] if amx else ["--repack", "--no-repack"]

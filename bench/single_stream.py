@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from interference.engine.cpu import read_cpu_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
@@ -50,7 +52,10 @@ def interference_cmd(template: str | None, port: int, extra: list[str]) -> list[
 
 
 def llama_server_cmd(binary: Path, gguf: Path, port: int, extra: list[str]) -> list[str]:
-    return [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), *extra]
+    """llama-server on ``gguf``; with ``--no-repack`` on AMX CPUs, where its repacked weights crash at the
+    first decode (llama.cpp #20824), as interference's own default does there."""
+    repack = [] if "--repack" in extra or not read_cpu_info().has_amx else ["--no-repack"]
+    return [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), *extra, *repack]
 
 
 def cold_start(name: str, cmd: list[str], port: int, client: httpx.Client, retries: int = 3) -> Server:
