@@ -43,7 +43,7 @@ def test_a_prefix_of_another_entry_is_not_stored_twice() -> None:
     assert cache.put((1, 2, 3), _state(30))
     assert cache.put((1, 2, 3, 4, 5), _state(50))  # supersedes (1, 2, 3)
     assert [e.tokens for e in cache.entries()] == [(1, 2, 3, 4, 5)]
-    assert cache.bytes_held == 50
+    assert cache.bytes_held == 50 + 30 and cache.spare_bytes == 30  # the superseded buffer is a spare
     assert not cache.put((1, 2, 3), _state(30))  # the longer entry holds it already
     assert not cache.put((1, 2, 3, 4, 5), _state(50))
     assert cache.covers((1, 2)) and not cache.covers((1, 2, 4))
@@ -66,8 +66,57 @@ def test_eviction_is_least_recently_used_and_keeps_within_the_budget() -> None:
     for _ in range(2000):
         tokens = tuple(rng.randrange(4) for _ in range(rng.randrange(1, 8)))
         cache.put(tokens, _state(rng.randrange(1, 3000)))
-        assert cache.bytes_held == sum(e.size for e in cache.entries()) <= cache.budget
+        assert cache.bytes_held == sum(e.size for e in cache.entries()) + cache.spare_bytes <= cache.budget
     assert cache.evictions > 0
+
+
+def test_buffers_are_recycled_within_the_budget() -> None:
+    cache = PromptCache(100)
+    first = cache.buffer(30)
+    assert first is not None and len(first) == 30 and cache.bytes_held == 0  # not counted until put
+    assert cache.put((1, 2), first, 28)
+    entry, n = cache.best((1, 2, 3))
+    assert entry is not None and entry.state is first and entry.length == 28 and n == 2
+    cache.discard(entry)  # restored into a slot: its buffer waits for the next save
+    assert len(cache) == 0 and cache.spare_bytes == 30 and cache.bytes_held == 30
+    assert cache.buffer(20) is first  # the smallest spare large enough
+    assert cache.bytes_held == 0
+    cache.put((5,), first, 20)
+    # Full: making room evicts the least recently used entry, and its buffer is reused.
+    cache.put((6,), bytearray(70))
+    assert cache.bytes_held == 100
+    entry_6 = cache.entries()[-1]
+    again = cache.buffer(25)
+    assert again is first and [e.tokens for e in cache.entries()] == [(6,)] and cache.evictions == 1
+    # The entry about to be restored is never evicted for a save.
+    cache.give_back(again)
+    assert cache.buffer(90, keep=entry_6) is None and cache.entries() == [entry_6]
+    assert cache.buffer(101) is None
+    assert cache.bytes_held == sum(e.size for e in cache.entries()) + cache.spare_bytes <= cache.budget
+
+    rng = random.Random(11)
+    cache = PromptCache(10_000)
+    for _ in range(3000):
+        tokens = tuple(rng.randrange(4) for _ in range(rng.randrange(1, 8)))
+        op = rng.random()
+        if op < 0.6:
+            keep = rng.choice(cache.entries()) if len(cache) and rng.random() < 0.3 else None
+            size = rng.randrange(1, 3000)
+            buf = cache.buffer(size, keep=keep)
+            if keep is not None:
+                assert buf is not keep.state and keep in cache.entries()  # about to be restored
+            if buf is not None:
+                if len(buf) < size:
+                    buf += bytes(size - len(buf))  # what a save into a smaller spare does
+                cache.put(tokens, buf, size)
+        elif op < 0.8:
+            entry, _ = cache.best(tokens)
+            if entry is not None:
+                cache.discard(entry)
+        else:
+            cache.put(tokens, bytearray(rng.randrange(1, 3000)))
+        assert cache.bytes_held == sum(e.size for e in cache.entries()) + cache.spare_bytes <= cache.budget
+        assert all(e.length <= e.size for e in cache.entries())
 
 
 def test_discard_and_clear() -> None:
@@ -77,7 +126,7 @@ def test_discard_and_clear() -> None:
     assert entry is not None
     cache.discard(entry)
     cache.discard(entry)  # a no-op the second time
-    assert len(cache) == 0 and cache.bytes_held == 0
+    assert len(cache) == 0 and cache.bytes_held == cache.spare_bytes == 10  # kept for the next save
     cache.put((3,), _state(10))
     cache.clear()
     assert len(cache) == 0 and cache.bytes_held == 0
@@ -114,14 +163,24 @@ def test_save_restore_save_gives_the_same_bytes() -> None:
         for i, tok in enumerate(tokens):
             rt.batch_add(tok, i, 0, logits=i == len(tokens) - 1)
         assert rt.decode() == 0
-        saved = rt.state_save(0)
-        assert len(saved) > 1000 * len(tokens)  # KB per token: real KV, not a header
+        saved, n = rt.state_save(0)
+        assert n == len(saved) == rt.state_size(0) > 1000 * len(tokens)  # KB per token: real KV
         rt.seq_clear(0)
         assert rt.state_restore(0, saved)
-        assert rt.state_save(0) == saved
+        again, m = rt.state_save(0)
+        assert m == n and again == saved
         assert rt.state_restore(1, saved)  # into another sequence
-        assert len(rt.state_save(1)) == len(saved)
+        in_seq1, m = rt.state_save(1)
+        assert m == n
+        # Into a recycled buffer: a longer one keeps its tail, a shorter one grows.
+        longer = bytearray(b"\xff") * (n + 4096)
+        into, m = rt.state_save(0, into=longer)
+        assert into is longer and m == n and longer[:n] == saved and longer[n:] == b"\xff" * 4096
+        assert rt.state_restore(1, longer, n)
+        into, m = rt.state_save(1, into=bytearray(10))
+        assert m == n and into[:n] == in_seq1
         assert not rt.state_restore(1, bytearray(b"not a state"))
+        assert not rt.state_restore(1, saved, 0)
     finally:
         rt.close()
 

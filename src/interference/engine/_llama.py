@@ -284,23 +284,35 @@ class LlamaRuntime:
 
     # ------------------------------------------------------------------ sequence state (prompt cache)
 
-    def state_save(self, seq: int) -> bytearray:
-        """A copy of one sequence's KV in host memory (cells, positions and data)."""
-        size = int(C.llama_state_seq_get_size(self._ctx, seq))
-        data = bytearray(size)
-        if size:
-            view = (ctypes.c_uint8 * size).from_buffer(data)
-            n = int(C.llama_state_seq_get_data(self._ctx, view, size, seq))
-            del view
-            del data[n:]
-        return data
+    def state_size(self, seq: int) -> int:
+        """Bytes ``state_save`` needs for one sequence."""
+        return int(C.llama_state_seq_get_size(self._ctx, seq))
 
-    def state_restore(self, seq: int, data: bytearray) -> bool:
-        """Replace ``seq``'s KV with a saved state (from any sequence); False when llama.cpp refused it."""
-        if not data:
+    def state_save(self, seq: int, into: bytearray | None = None) -> tuple[bytearray, int]:
+        """A copy of one sequence's KV in host memory (cells, positions and data): (buffer, length).
+
+        ``into`` is reused when given (grown when too small; its bytes past the length are left as
+        they are), so a recycled buffer spares the allocation and page faults of a new one.
+        """
+        size = self.state_size(seq)
+        data = bytearray(size) if into is None else into
+        if len(data) < size:
+            data += bytes(size - len(data))
+        if not size:
+            return data, 0
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        n = int(C.llama_state_seq_get_data(self._ctx, view, size, seq))
+        del view
+        return data, n
+
+    def state_restore(self, seq: int, data: bytearray, length: int | None = None) -> bool:
+        """Replace ``seq``'s KV with a saved state (from any sequence), the first ``length`` bytes of
+        ``data`` (all of it by default); False when llama.cpp refused it."""
+        n = len(data) if length is None else min(length, len(data))
+        if n <= 0:
             return False
-        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
-        return int(C.llama_state_seq_set_data(self._ctx, view, len(data), seq)) > 0
+        view = (ctypes.c_uint8 * n).from_buffer(data)
+        return int(C.llama_state_seq_set_data(self._ctx, view, n, seq)) > 0
 
     def close(self) -> None:
         if self._ctx:

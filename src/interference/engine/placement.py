@@ -111,16 +111,20 @@ class Placement:
         self._rt.seq_copy(src, dst)
         self.pending_copy.update((src, dst))
 
-    def save(self, slot: Slot, *, keep: int) -> bool:
-        """Save the slot's KV to the prompt cache when it is about to lose enough of it."""
+    def save(self, slot: Slot, *, keep: int, restoring: CacheEntry | None = None) -> bool:
+        """Save the slot's KV to the prompt cache when it is about to lose enough of it (never evicting
+        ``restoring``, the entry about to be restored into it)."""
         cache = self.cache
         if cache is None or len(slot.tokens) - keep < MIN_SAVE_TOKENS or slot.seq in self.pending_copy:
             return False
         if cache.covers(slot.tokens):
             return False
         started = time.perf_counter()
-        state = self._rt.state_save(slot.seq)
-        if cache.put(slot.tokens, state):
+        buffer = cache.buffer(self._rt.state_size(slot.seq), keep=restoring)
+        if buffer is None:
+            return False
+        state, length = self._rt.state_save(slot.seq, into=buffer)
+        if cache.put(slot.tokens, state, length):
             self.stats.cache_saves += 1
         self._cache_stats(time.perf_counter() - started)
         return True
@@ -128,9 +132,9 @@ class Placement:
     def restore(self, entry: CacheEntry, n_hit: int, slot: Slot) -> int:
         """Load a cached state into ``slot`` and trim it to the shared prefix; returns tokens reused."""
         assert self.cache is not None
-        self.save(slot, keep=0)
+        self.save(slot, keep=0, restoring=entry)
         started = time.perf_counter()
-        if not self._rt.state_restore(slot.seq, entry.state):
+        if not self._rt.state_restore(slot.seq, entry.state, entry.length):
             logger.warning("could not restore a cached prompt of %d tokens; prefilling it", len(entry.tokens))
             self.cache.discard(entry)
             self._rt.seq_clear(slot.seq)
@@ -151,7 +155,7 @@ class Placement:
             n_hit,
             slot.seq,
             elapsed * 1e3,
-            entry.size // 1024,
+            entry.length // 1024,
         )
         return n_hit
 
