@@ -16,7 +16,7 @@ from interference.config import ConfigError, LocalDeployment, load_settings
 from interference.engine._llama import LlamaRuntime
 from interference.engine.cpu import choose_repack, read_cpu_info
 from interference.engine.engine import embedded_model_path
-from interference.engine.prompt_cache import PromptCache
+from interference.engine.prompt_cache import MAX_SPARES, PromptCache
 
 # ------------------------------------------------------------------ the data structure
 
@@ -116,7 +116,7 @@ def test_buffers_are_recycled_within_the_budget() -> None:
         else:
             cache.put(tokens, bytearray(rng.randrange(1, 3000)))
         assert cache.bytes_held == sum(e.size for e in cache.entries()) + cache.spare_bytes <= cache.budget
-        assert all(e.length <= e.size for e in cache.entries())
+        assert all(e.length <= e.size for e in cache.entries()) and cache.spare_count <= MAX_SPARES
 
 
 def test_discard_and_clear() -> None:

@@ -70,6 +70,10 @@ class PromptCache:
     def spare_bytes(self) -> int:
         return sum(len(b) for b in self._spares)
 
+    @property
+    def spare_count(self) -> int:
+        return len(self._spares)
+
     def covers(self, tokens: Sequence[int]) -> bool:
         """Whether an entry already holds ``tokens`` (or a longer sequence starting with them)."""
         return any(_is_prefix(tokens, e.tokens) for e in self._entries.values())
@@ -98,13 +102,7 @@ class PromptCache:
         """
         if size > self.budget:
             return None
-        while self.bytes_held - self.spare_bytes + size > self.budget:
-            victim = next((k for k, e in self._entries.items() if e is not keep), None)
-            if victim is None:
-                break
-            entry = self._entries.pop(victim)
-            self.evictions += 1
-            self._spares.append(entry.state)  # still counted in bytes_held
+        self._evict(size, keep=keep)
         chosen = None
         if self._spares:
             large = [b for b in self._spares if len(b) >= size]
@@ -134,11 +132,8 @@ class PromptCache:
             return False
         for key in [k for k, e in self._entries.items() if _is_prefix(e.tokens, tokens)]:
             self._retire(self._entries.pop(key).state)
+        self._evict(len(state))
         self._trim_spares(room_for=len(state))
-        while self._entries and self.bytes_held + len(state) > self.budget:
-            _, old = self._entries.popitem(last=False)
-            self.bytes_held -= old.size
-            self.evictions += 1
         self._entries[self._next_id] = CacheEntry(tuple(tokens), state, length)
         self._next_id += 1
         self.bytes_held += len(state)
@@ -171,8 +166,19 @@ class PromptCache:
         else:
             self.bytes_held -= len(state)
 
+    def _evict(self, size: int, *, keep: CacheEntry | None = None) -> None:
+        """Evict least recently used entries (never ``keep``) until ``size`` more bytes fit beside the
+        entries left; their buffers join the spares, still counted (``_trim_spares`` settles them)."""
+        while self.bytes_held - self.spare_bytes + size > self.budget:
+            victim = next((k for k, e in self._entries.items() if e is not keep), None)
+            if victim is None:
+                return
+            self._spares.append(self._entries.pop(victim).state)
+            self.evictions += 1
+
     def _trim_spares(self, *, room_for: int) -> None:
-        """Drop spares, the smallest first, while ``room_for`` more bytes would not fit."""
+        """Drop spares, the smallest first, while there are more than ``MAX_SPARES`` or ``room_for``
+        more bytes would not fit."""
         self._spares.sort(key=len, reverse=True)
-        while self._spares and self.bytes_held + room_for > self.budget:
+        while self._spares and (len(self._spares) > MAX_SPARES or self.bytes_held + room_for > self.budget):
             self.bytes_held -= len(self._spares.pop())
