@@ -34,7 +34,7 @@ from _common import (
     stream_chat,
 )
 from _system import ForeignLoad, machine_info, rss_mb, wait_until_quiet
-from single_stream import QUIET, cold_start, interference_cmd, llama_server_cmd
+from single_stream import QUIET, cold_start, interference_cmd, llama_server_binary, llama_server_cmd
 
 TOPICS = [
     "the printing press",
@@ -194,12 +194,7 @@ def main() -> None:
         extra = ["--parallel", np_, "--threads", t]
         plan.append(("interference", interference_cmd(args.interference_cmd, port, extra), port))
     if not args.skip_baseline:
-        if args.llama_server:
-            binary = Path(args.llama_server)
-        else:
-            from baseline import ensure_llama_server
-
-            binary = ensure_llama_server()
+        binary = llama_server_binary(args.llama_server)
         port = free_port()
         ctx = str(2048 * args.parallel)
         extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_]

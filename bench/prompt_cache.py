@@ -36,7 +36,7 @@ from _common import (
     stream_chat,
 )
 from _system import ForeignLoad, machine_info, rss_mb, wait_until_quiet
-from single_stream import cold_start, interference_cmd, llama_server_cmd
+from single_stream import cold_start, interference_cmd, llama_server_binary, llama_server_cmd
 
 WORDS = (
     "river",
@@ -207,12 +207,7 @@ def main() -> None:
         extra = ["--parallel", np_, "--threads", t, "--cache-ram", str(args.cache_ram), "--no-embeddings"]
         plan.append(("interference", interference_cmd(args.interference_cmd, port, extra), port))
     if not args.skip_baseline:
-        if args.llama_server:
-            binary = Path(args.llama_server)
-        else:
-            from baseline import ensure_llama_server
-
-            binary = ensure_llama_server()
+        binary = llama_server_binary(args.llama_server)
         port = free_port()
         extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_]
         plan.append(("llama-server", llama_server_cmd(binary, embedded_gguf(), port, extra), port))

@@ -51,6 +51,15 @@ def interference_cmd(template: str | None, port: int, extra: list[str]) -> list[
     return [found, "serve", "--port", str(port), *extra]
 
 
+def llama_server_binary(path: str | None) -> Path:
+    """``--llama-server`` when given, else the reference build (compiled once, then cached)."""
+    if path:
+        return Path(path)
+    from baseline import ensure_llama_server
+
+    return ensure_llama_server()
+
+
 def llama_server_cmd(binary: Path, gguf: Path, port: int, extra: list[str]) -> list[str]:
     """llama-server on ``gguf``; with ``--no-repack`` on AMX CPUs, where its repacked weights crash at the
     first decode (llama.cpp #20824), as interference's own default does there."""
@@ -160,12 +169,7 @@ def main() -> None:
         icmd = interference_cmd(args.interference_cmd, port, ["--threads", t])
         plan.append(("interference", icmd, port))
     if not args.skip_baseline:
-        if args.llama_server:
-            binary = Path(args.llama_server)
-        else:
-            from baseline import ensure_llama_server
-
-            binary = ensure_llama_server()
+        binary = llama_server_binary(args.llama_server)
         port = free_port()
         extra = ["-t", t, "-tb", t, "-c", "4096", "-np", "1"]
         plan.append(("llama-server", llama_server_cmd(binary, gguf, port, extra), port))
