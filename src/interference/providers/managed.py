@@ -13,8 +13,9 @@ import contextlib
 import ctypes
 import enum
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..config import EngineOptions
 from ..engine import Engine, EngineConfig, ModelLoadError, embedded_model_path
@@ -40,6 +41,8 @@ from .model_pool import ModelPool
 __all__ = ["LoadState", "ManagedLocalProvider", "load_engine"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def load_engine(path: str | Path | None, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
@@ -319,27 +322,19 @@ class ManagedLocalProvider(Provider):
 
     # ------------------------------------------------------------------ requests
 
-    async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        async with self._lease() as local:
-            stream = local.chat(request, model=model)
-            try:
-                async for delta in stream:
-                    yield delta
-            finally:
-                await aclose_stream(stream)
+    def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        return self._leased(lambda local: local.chat(request, model=model))
 
-    async def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        async with self._lease() as local:
-            stream = local.complete(request, model=model)
-            try:
-                async for delta in stream:
-                    yield delta
-            finally:
-                await aclose_stream(stream)
+    def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        return self._leased(lambda local: local.complete(request, model=model))
 
-    async def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+    def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        return self._leased(lambda local: local.messages(request, model=model))
+
+    async def _leased(self, open_stream: Callable[[LocalProvider], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """The loaded model's stream, holding a lease on it (so it is not unloaded) until the stream ends."""
         async with self._lease() as local:
-            stream = local.messages(request, model=model)
+            stream = open_stream(local)
             try:
                 async for item in stream:
                     yield item
