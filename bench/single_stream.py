@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from interference.engine.cpu import read_cpu_info
+from interference.engine.cpu import choose_repack, read_cpu_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,9 +61,10 @@ def llama_server_binary(path: str | None) -> Path:
 
 
 def llama_server_cmd(binary: Path, gguf: Path, port: int, extra: list[str]) -> list[str]:
-    """llama-server on ``gguf``; with ``--no-repack`` on AMX CPUs, where its repacked weights crash at the
-    first decode (llama.cpp #20824), as interference's own default does there."""
-    repack = [] if "--repack" in extra or not read_cpu_info().has_amx else ["--no-repack"]
+    """llama-server on ``gguf``; with ``--no-repack`` where interference's own default turns repacking
+    off (AMX CPUs, whose repacked weights crash at the first decode: llama.cpp #20824)."""
+    default_on = choose_repack(None, read_cpu_info()).enabled
+    repack = [] if "--repack" in extra or default_on else ["--no-repack"]
     return [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), *extra, *repack]
 
 
