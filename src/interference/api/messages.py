@@ -14,7 +14,6 @@ A failure after the first byte is one ``error`` event, and the stream ends.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ from ..router import Router
 from . import sse
 from .errors import anthropic_error_body
 from .request_log import RequestRecord
-from .serving import UsageTally, fold, iter_all, open_stream
+from .serving import UsageTally, fold, guarded, iter_all, open_stream, settle_usage
 from .shutdown import Shutdown
 
 __all__ = ["MessagesServing"]
@@ -93,12 +92,7 @@ def _input(arguments: str) -> dict[str, Any]:
     return value
 
 
-def _error_event(exc: BaseException) -> bytes:
-    if isinstance(exc, InterferenceError):
-        logger.warning("messages stream failed after it started: %r", exc)
-    else:
-        logger.error("messages stream failed after it started", exc_info=exc)
-        exc = InterferenceError("The server had an error while streaming.")
+def _error_event(exc: InterferenceError) -> bytes:
     return sse.encode_event("error", anthropic_error_body(exc))
 
 
@@ -145,12 +139,25 @@ class _Draft:
             "usage": _usage(usage),
         }
 
-    async def events(
+    def events(
         self,
         first: Delta | None,
         stream: AsyncIterator[Delta],
         shutdown: Shutdown,
         record: RequestRecord | None = None,
+    ) -> AsyncIterator[bytes]:
+        tally = UsageTally()
+        return guarded(
+            self._events(first, stream, tally),
+            source=stream,
+            shutdown=shutdown,
+            error_frame=_error_event,
+            what="messages stream",
+            on_close=settle_usage(record, tally),
+        )
+
+    async def _events(
+        self, first: Delta | None, stream: AsyncIterator[Delta], tally: UsageTally
     ) -> AsyncIterator[bytes]:
         def event(kind: str, **payload: Any) -> bytes:
             return sse.encode_event(kind, {"type": kind, **payload})
@@ -159,72 +166,58 @@ class _Draft:
         open_kind: str | None = None  # "text" or the tool call index it streams
         finish: str | None = None
         sequence: str | None = None
-        tally = UsageTally()
-        task = shutdown.track()
-        try:
-            early = first.usage if first is not None else None
-            opening = TokenUsage(early.prompt_tokens, 0, early.cached_tokens) if early else None
-            yield event("message_start", message=self.message([], None, None, opening))
-            yield event("ping")
-            async for delta in iter_all(first, stream):
-                if delta.index != 0:
-                    continue
-                if delta.text:
-                    if open_kind != "text":
-                        if open_kind is not None:
-                            yield event("content_block_stop", index=index)
-                        index, open_kind = index + 1, "text"
-                        yield event(
-                            "content_block_start", index=index, content_block={"type": "text", "text": ""}
-                        )
+        early = first.usage if first is not None else None
+        opening = TokenUsage(early.prompt_tokens, 0, early.cached_tokens) if early else None
+        yield event("message_start", message=self.message([], None, None, opening))
+        yield event("ping")
+        async for delta in iter_all(first, stream):
+            if delta.index != 0:
+                continue
+            if delta.text:
+                if open_kind != "text":
+                    if open_kind is not None:
+                        yield event("content_block_stop", index=index)
+                    index, open_kind = index + 1, "text"
                     yield event(
-                        "content_block_delta", index=index, delta={"type": "text_delta", "text": delta.text}
+                        "content_block_start", index=index, content_block={"type": "text", "text": ""}
                     )
-                for piece in delta.tool_calls or ():
-                    call = f"call{piece.get('index', 0)}"
-                    fn = piece.get("function") or {}
-                    if open_kind != call:
-                        if open_kind is not None:
-                            yield event("content_block_stop", index=index)
-                        index, open_kind = index + 1, call
-                        block: dict[str, Any] = {
-                            "type": "tool_use",
-                            "id": self.tool_id(piece.get("id")),
-                            "name": fn.get("name") or "",
-                            "input": {},
-                        }
-                        yield event("content_block_start", index=index, content_block=block)
-                    if fn.get("arguments"):
-                        partial = {"type": "input_json_delta", "partial_json": fn["arguments"]}
-                        yield event("content_block_delta", index=index, delta=partial)
-                if delta.finish_reason is not None:
-                    finish, sequence = delta.finish_reason, delta.stop_sequence
-                tally.add(delta.usage)
-            if open_kind is not None:
-                yield event("content_block_stop", index=index)
-            reason = stop_reason(finish, sequence)
-            stop = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
-            yield event("message_delta", delta=stop, usage=_usage(tally.usage))
-            yield event("message_stop")
-            if record is not None:
-                record.usage = tally.usage
-        except asyncio.CancelledError:
-            if not shutdown.claim(task):
-                raise
-            yield _error_event(shutdown.error())
-        except Exception as exc:
-            yield _error_event(exc)
-        finally:
-            shutdown.untrack(task)
-            await aclose_stream(stream)
+                yield event(
+                    "content_block_delta", index=index, delta={"type": "text_delta", "text": delta.text}
+                )
+            for piece in delta.tool_calls or ():
+                call = f"call{piece.get('index', 0)}"
+                fn = piece.get("function") or {}
+                if open_kind != call:
+                    if open_kind is not None:
+                        yield event("content_block_stop", index=index)
+                    index, open_kind = index + 1, call
+                    block: dict[str, Any] = {
+                        "type": "tool_use",
+                        "id": self.tool_id(piece.get("id")),
+                        "name": fn.get("name") or "",
+                        "input": {},
+                    }
+                    yield event("content_block_start", index=index, content_block=block)
+                if fn.get("arguments"):
+                    partial = {"type": "input_json_delta", "partial_json": fn["arguments"]}
+                    yield event("content_block_delta", index=index, delta=partial)
+            if delta.finish_reason is not None:
+                finish, sequence = delta.finish_reason, delta.stop_sequence
+            tally.add(delta.usage)
+        if open_kind is not None:
+            yield event("content_block_stop", index=index)
+        reason = stop_reason(finish, sequence)
+        stop = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
+        yield event("message_delta", delta=stop, usage=_usage(tally.usage))
+        yield event("message_stop")
 
 
-async def _relay(
+def _relay(
     model: str, first: MessageEvent, stream: AsyncIterator[Item], shutdown: Shutdown
 ) -> AsyncIterator[bytes]:
     """A native upstream's events as they come; ``message_start`` names the model the client asked for."""
-    task = shutdown.track()
-    try:
+
+    async def frames() -> AsyncIterator[bytes]:
         async for item in iter_all(first, stream):
             if not isinstance(item, MessageEvent):
                 continue
@@ -232,12 +225,7 @@ async def _relay(
             if item.name == "message_start" and isinstance(data.get("message"), dict):
                 data = {**data, "message": {**data["message"], "model": model}}
             yield sse.encode_event(item.name, data)
-    except asyncio.CancelledError:
-        if not shutdown.claim(task):
-            raise
-        yield _error_event(shutdown.error())
-    except Exception as exc:
-        yield _error_event(exc)
-    finally:
-        shutdown.untrack(task)
-        await aclose_stream(stream)
+
+    return guarded(
+        frames(), source=stream, shutdown=shutdown, error_frame=_error_event, what="messages stream"
+    )

@@ -12,28 +12,25 @@ one ``error`` event, and the stream ends.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InterferenceError, UnsupportedParameter
 from ..protocol import ChatCompletionRequest, ResponseRequest, response_item_id
-from ..providers.base import Delta, TokenUsage, aclose_stream
+from ..providers.base import Delta, TokenUsage
 from ..router import Router
 from . import sse
 from .errors import error_body
 from .request_log import RequestRecord
-from .serving import UsageTally, fold, iter_all, open_stream
+from .serving import UsageTally, fold, guarded, iter_all, open_stream, settle_usage
 from .shutdown import Shutdown
 
 __all__ = ["ResponseServing"]
 
-logger = logging.getLogger(__name__)
 
 # Chat finish reasons that leave a response incomplete, and the reason OpenAI gives for each.
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -140,7 +137,7 @@ class _Draft:
         status = "incomplete" if reason else "completed"
         return self.envelope(status, [self.message(status, [_text_part(text)])], usage, reason=reason)
 
-    async def events(
+    def events(
         self,
         first: Delta | None,
         stream: AsyncIterator[Delta],
@@ -152,50 +149,47 @@ class _Draft:
         def event(kind: str, **payload: Any) -> bytes:
             return sse.encode_event(kind, {"type": kind, "sequence_number": next(numbers), **payload})
 
+        tally = UsageTally()
+        return guarded(
+            self._events(first, stream, event, tally),
+            source=stream,
+            shutdown=shutdown,
+            error_frame=lambda exc: event("error", **_error_fields(exc)),
+            what="response stream",
+            on_close=settle_usage(record, tally),
+        )
+
+    async def _events(
+        self,
+        first: Delta | None,
+        stream: AsyncIterator[Delta],
+        event: Callable[..., bytes],
+        tally: UsageTally,
+    ) -> AsyncIterator[bytes]:
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         texts: list[str] = []
         finish: str | None = None
-        tally = UsageTally()
-        task = shutdown.track()
-        try:
-            opening = self.envelope("in_progress", [], None)
-            yield event("response.created", response=opening)
-            yield event("response.in_progress", response=opening)
-            yield event("response.output_item.added", output_index=0, item=self.message("in_progress", []))
-            yield event("response.content_part.added", **where, part=_text_part(""))
-            async for delta in iter_all(first, stream):
-                if delta.index != 0:
-                    continue
-                if delta.text:
-                    texts.append(delta.text)
-                    yield event("response.output_text.delta", **where, delta=delta.text, logprobs=[])
-                if delta.finish_reason is not None:
-                    finish = delta.finish_reason
-                tally.add(delta.usage)
-            text = "".join(texts)
-            yield event("response.output_text.done", **where, text=text, logprobs=[])
-            yield event("response.content_part.done", **where, part=_text_part(text))
-            final = self.final(text, finish, tally.usage)
-            yield event("response.output_item.done", output_index=0, item=final["output"][0])
-            done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-            yield event(done, response=final)
-        except asyncio.CancelledError:
-            if not shutdown.claim(task):
-                raise
-            yield event("error", **_error_fields(shutdown.error()))
-        except InterferenceError as exc:
-            logger.warning("response stream failed after it started: %r", exc)
-            yield event("error", **_error_fields(exc))
-        except Exception:
-            logger.exception("response stream failed after it started")
-            yield event(
-                "error", **_error_fields(InterferenceError("The server had an error while streaming."))
-            )
-        finally:
-            shutdown.untrack(task)
-            await aclose_stream(stream)
-            if record is not None:
-                record.usage = tally.usage
+        opening = self.envelope("in_progress", [], None)
+        yield event("response.created", response=opening)
+        yield event("response.in_progress", response=opening)
+        yield event("response.output_item.added", output_index=0, item=self.message("in_progress", []))
+        yield event("response.content_part.added", **where, part=_text_part(""))
+        async for delta in iter_all(first, stream):
+            if delta.index != 0:
+                continue
+            if delta.text:
+                texts.append(delta.text)
+                yield event("response.output_text.delta", **where, delta=delta.text, logprobs=[])
+            if delta.finish_reason is not None:
+                finish = delta.finish_reason
+            tally.add(delta.usage)
+        text = "".join(texts)
+        yield event("response.output_text.done", **where, text=text, logprobs=[])
+        yield event("response.content_part.done", **where, part=_text_part(text))
+        final = self.final(text, finish, tally.usage)
+        yield event("response.output_item.done", output_index=0, item=final["output"][0])
+        done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield event(done, response=final)
 
 
 def _text_part(text: str) -> dict[str, Any]:

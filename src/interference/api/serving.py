@@ -15,7 +15,7 @@ from .errors import error_body
 from .request_log import RequestRecord
 from .shutdown import Shutdown
 
-__all__ = ["Folded", "UsageTally", "open_stream", "sse_frames", "usage_dict"]
+__all__ = ["Folded", "UsageTally", "guarded", "open_stream", "settle_usage", "sse_frames", "usage_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ async def fold(
     return out
 
 
-async def sse_frames(
+def sse_frames(
     first: Delta | None,
     stream: AsyncIterator[Delta],
     *,
@@ -172,8 +172,8 @@ async def sse_frames(
     so does a stream cut at the shutdown deadline.
     """
     tally = UsageTally()
-    task = shutdown.track()
-    try:
+
+    async def frames() -> AsyncIterator[bytes]:
         for opening in openings:
             yield sse.encode(opening)
         async for delta in iter_all(first, stream):
@@ -182,21 +182,65 @@ async def sse_frames(
             tally.add(delta.usage)
         if usage_chunk is not None:
             yield sse.encode(usage_chunk(tally.usage))
+
+    return guarded(
+        frames(),
+        source=stream,
+        shutdown=shutdown,
+        error_frame=lambda exc: sse.encode(error_body(exc).model_dump()),
+        what="stream",
+        on_close=settle_usage(record, tally),
+        trailer=sse.DONE,
+    )
+
+
+async def guarded(
+    frames: AsyncIterator[bytes],
+    *,
+    source: AsyncIterator[Any],
+    shutdown: Shutdown,
+    error_frame: Callable[[InterferenceError], bytes],
+    what: str,
+    on_close: Callable[[], None] | None = None,
+    trailer: bytes | None = None,
+) -> AsyncIterator[bytes]:
+    """Relay a stream's frames once its first byte may have gone out, the one way every route does.
+
+    A failure becomes one ``error_frame``: an ``InterferenceError`` as it is, anything else as a
+    generic server error (logged with its traceback); so does a stream that ``shutdown`` cut at its
+    deadline. Whatever happens, the source stream is closed (freeing its slot or connection) and
+    ``on_close`` runs; ``trailer`` ends a stream that was not cancelled or closed by the client.
+    """
+    task = shutdown.track()
+    try:
+        async for frame in frames:
+            yield frame
     except asyncio.CancelledError:
         if not shutdown.claim(task):
             raise
-        yield sse.encode(error_body(shutdown.error()).model_dump())
+        yield error_frame(shutdown.error())
     except InterferenceError as exc:
-        logger.warning("stream failed after it started: %r", exc)
-        yield sse.encode(error_body(exc).model_dump())
+        logger.warning("%s failed after it started: %r", what, exc)
+        yield error_frame(exc)
     except Exception:
-        logger.exception("stream failed after it started")
-        yield sse.encode(
-            error_body(InterferenceError("The server had an error while streaming.")).model_dump()
-        )
+        logger.exception("%s failed after it started", what)
+        yield error_frame(InterferenceError("The server had an error while streaming."))
     finally:
         shutdown.untrack(task)
-        await aclose_stream(stream)
-        if record is not None:
-            record.usage = tally.usage
-    yield sse.DONE
+        await aclose_stream(frames)
+        await aclose_stream(source)
+        if on_close is not None:
+            on_close()
+    if trailer is not None:
+        yield trailer
+
+
+def settle_usage(record: RequestRecord | None, tally: UsageTally) -> Callable[[], None] | None:
+    """What ``guarded`` runs at the end of a stream: the request's record takes the usage tallied."""
+    if record is None:
+        return None
+
+    def settle() -> None:
+        record.usage = tally.usage
+
+    return settle
