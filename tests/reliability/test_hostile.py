@@ -284,6 +284,23 @@ def test_stalled_connections_are_closed_at_the_header_timeout(server: RunningSer
     assert time.monotonic() - started >= HEADER_TIMEOUT
 
 
+def test_clients_leaving_mid_body_are_a_quiet_400(server: RunningServer) -> None:
+    def refused() -> int:
+        return server.log.count('"POST /v1/chat/completions" 400')
+
+    before = refused()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head + b'Content-Length: 5000\r\n\r\n{"model": "gpt-4", "messages": [')
+            time.sleep(0.05)  # the server is reading the body when the client goes
+    deadline = time.monotonic() + 10
+    while refused() < before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refused() == before + 5, server.log[-2000:]
+    assert "Traceback" not in server.log
+
+
 def test_server_is_healthy_afterwards(server: RunningServer) -> None:
     with server.http() as http:
         assert http.get("/health").json() == {"status": "ok"}
