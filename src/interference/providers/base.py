@@ -69,6 +69,9 @@ class Delta:
     logprobs: dict[str, Any] | None = None
     # The stop string that ended this choice (finish_reason "stop"), when the backend reports it.
     stop_sequence: str | None = None
+    # The model's reasoning text (a thinking template's block, or an upstream's ``reasoning_content``),
+    # streamed before the answer; never part of ``text``.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
