@@ -116,7 +116,8 @@ def test_metadata_echoed_and_store_accepted(client: openai.OpenAI) -> None:
         model=MODEL, input="Hi", max_output_tokens=4, metadata={"trace": "t-1"}, store=True
     )
     assert response.metadata == {"trace": "t-1"}
-    assert response.store is False  # nothing is stored, whatever was asked
+    assert response.store is True
+    assert client.responses.retrieve(response.id).metadata == {"trace": "t-1"}
 
 
 # ---------------------------------------------------------------------- local engine, streaming
@@ -187,16 +188,21 @@ def test_disconnect_frees_the_slot(server: RunningServer) -> None:
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
-        ({"input": "hi", "previous_response_id": "resp_123"}, "previous_response_id", UNSUPPORTED),
         ({"input": "hi", "conversation": "conv_1"}, "conversation", UNSUPPORTED),
-        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools", UNSUPPORTED),
-        ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format", UNSUPPORTED),
+        ({"input": "hi", "background": True}, "background", UNSUPPORTED),
         ({"input": ""}, "input", None),
         ({"input": []}, "input", None),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type", None),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        ({"input": [{"type": 7}]}, "input[0]", None),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", None),
+        ({"input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]},
          "input[0].content[0].type", None),
         ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role", None),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input", None),
+        ({"input": "hi", "tools": [{"name": "f"}]}, "tools[0]", None),
+        ({"input": "hi", "tools": [{"type": "function"}]}, "tools[0].name", None),
+        ({"input": "hi", "tool_choice": "sometimes"}, "tool_choice", None),
+        ({"input": "hi", "tools": [{"type": "function", "name": "f"}],
+          "tool_choice": {"type": "function", "name": "g"}}, "tool_choice", None),
         ({"input": "hi", "temperature": 3}, "temperature", None),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens", None),
         ({}, "input", None),

@@ -369,6 +369,38 @@ class Settings(BaseSettings, EngineOptions):
             "--usage-db", metavar="FILE", group="server", help="usage ledger (default: the user's data dir)"
         ),
     ] = None
+    # Stored responses (docs/openai-api.md): where, and how many, how large and how old at most.
+    responses_db: Annotated[
+        str | None,
+        flag(
+            "--responses-db", metavar="FILE", group="server",
+            help="stored responses (default: the user's data dir)",
+        ),
+    ] = None  # fmt: skip
+    responses_max_count: Annotated[
+        int,
+        Field(ge=0),
+        flag(
+            "--responses-max-count", metavar="N", group="server",
+            help="stored responses kept at most, oldest out first (default: 10000; 0 stores none)",
+        ),
+    ] = 10_000  # fmt: skip
+    responses_max_mib: Annotated[
+        float,
+        Field(ge=0),
+        flag(
+            "--responses-max-mib", metavar="MIB", group="server",
+            help="bytes of stored responses kept at most (default: 256)",
+        ),
+    ] = 256.0  # fmt: skip
+    responses_max_age: Annotated[
+        float,
+        Field(gt=0),
+        flag(
+            "--responses-max-age", metavar="SECONDS", group="server",
+            help="a stored response is forgotten this long after it was made (default: 2592000, 30 days)",
+        ),
+    ] = 30 * 86400.0  # fmt: skip
     limits_backend: Annotated[
         str,
         flag(

@@ -67,6 +67,9 @@ class Caller:
     """Who made a request: ``spec`` None is an ``--api-key`` key, or anyone when no auth is configured."""
 
     spec: KeySpec | None = None
+    # Who owns what this caller stores (responses): a named key by its name, an --api-key key by its
+    # hash, and "" for everyone when auth is off.
+    owner: str = ""
 
     @property
     def name(self) -> str | None:
@@ -182,8 +185,8 @@ class AccessMiddleware:
             operator |= secrets.compare_digest(given, digest)
         spec = self._keys.table.find(key)
         if operator:
-            return Caller()
-        return Caller(spec) if spec is not None else None
+            return Caller(owner=f"operator:{given.hex()[:32]}")
+        return Caller(spec, owner=f"key:{spec.name}") if spec is not None else None
 
     def _canonical(self, model: str) -> str:
         try:

@@ -16,6 +16,7 @@ from .. import __version__
 from ..config import ConfigError, Settings
 from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Route, Router
+from ..state import ResponseStore, StoreBounds, default_responses_db
 from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
@@ -47,6 +48,14 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
         raise ConfigError(str(exc)) from None
     limits = build_limits(settings.limits_backend, fail_open=settings.limits_fail_open)
     ledger = Ledger(settings.usage_db or default_usage_db())
+    store = None
+    if settings.responses_max_count > 0:
+        bounds = StoreBounds(
+            max_count=settings.responses_max_count,
+            max_bytes=int(settings.responses_max_mib * 2**20),
+            max_age=settings.responses_max_age,
+        )
+        store = ResponseStore(settings.responses_db or default_responses_db(), bounds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +78,8 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
                 await provider.aclose()
             await limits.aclose()
             ledger.close()
+            if store is not None:
+                store.close()
 
     app = FastAPI(
         title="interference",
@@ -78,7 +89,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
         redoc_url=None,
     )
     metrics = Metrics(router)
-    app.state.interference = AppState.build(router)
+    app.state.interference = AppState.build(router, store)
     app.state.ledger = ledger
     app.add_api_route("/metrics", metrics.render, methods=["GET"], include_in_schema=False)
     install_error_handlers(app)
@@ -102,7 +113,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",

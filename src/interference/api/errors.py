@@ -49,7 +49,7 @@ def _is_type_tag(item: str) -> bool:
     return (
         item in _TYPE_TAGS
         or "[" in item
-        or item.endswith("-message")  # the chat message union's role tags
+        or item.endswith(("-message", "-item", "-tool"))  # tags of the message, item and tool unions
         or item.startswith(("function-", "constrained-", "json-"))
     )
 

@@ -1,209 +1,223 @@
-"""POST /v1/responses: the Responses API for text, served through the chat path.
+"""POST /v1/responses: the Responses API, served through the chat path of any backend.
 
-The request becomes a chat completion (``instructions`` as the system message, input items as
-messages) routed like any other, so it works on the local engine and through upstreams alike. The
-answer is one assistant message with one ``output_text`` part. Streams use named SSE events in
-OpenAI's order: ``response.created``, ``response.in_progress``, ``response.output_item.added``,
-``response.content_part.added``, ``response.output_text.delta``…, ``response.output_text.done``,
-``response.content_part.done``, ``response.output_item.done``, then ``response.completed`` (or
-``response.incomplete`` when ``max_output_tokens`` cut it short). A failure after the first byte is
-one ``error`` event, and the stream ends.
+The request's input (with the stored history that ``previous_response_id`` names) becomes a chat
+completion (``protocol/responses_chat.py``) routed like any other, so tools, tool calls and their
+outputs work on the local engine and through every upstream. Hosted tools cannot run there: they are
+left out, named in the ``x-interference-dropped-tools`` header and logged. ``truncation: "auto"`` drops
+the oldest input (a tool call with its output together) until the prompt fits; ``"disabled"`` answers
+a prompt that does not fit with a 400 ``context_length_exceeded`` before any work starts.
+
+Streams are named SSE events with ``sequence_number``: ``response.created``, ``response.in_progress``,
+each output item's events (``api/responses_output.py``), then ``response.completed`` (or
+``response.incomplete``). A failure after the first byte is one ``error`` event, and the stream ends.
+Answers are stored (``store`` is true unless the request says false) for ``GET /v1/responses/{id}``
+and for later requests' ``previous_response_id``.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import InterferenceError, UnsupportedParameter
-from ..protocol import ChatCompletionRequest, ResponseRequest, response_item_id
-from ..providers.base import Delta, TokenUsage
+from ..errors import ContextLengthExceeded, InterferenceError, InvalidRequest, NotFound, UnsupportedParameter
+from ..protocol import ChatCompletionRequest, ParamError, ResponseRequest
+from ..protocol.responses import InputItem, parse_items
+from ..protocol.responses_chat import ChatPlan, chat_body, group_items
+from ..providers.base import Delta, aclose_stream
 from ..router import Router
+from ..state import ResponseStore
 from . import sse
-from .errors import error_body
+from .errors import error_body, validation_error
 from .request_log import RequestRecord
-from .serving import UsageTally, fold, guarded, iter_all, open_stream, settle_usage
+from .responses_output import ResponseBuilder
+from .serving import UsageTally, guarded, iter_all, open_stream, settle_usage
 from .shutdown import Shutdown
 
-__all__ = ["ResponseServing"]
+__all__ = ["DROPPED_TOOLS_HEADER", "ResponseServing"]
 
+logger = logging.getLogger(__name__)
 
-# Chat finish reasons that leave a response incomplete, and the reason OpenAI gives for each.
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+DROPPED_TOOLS_HEADER = "x-interference-dropped-tools"
 
 
 class ResponseServing:
-    def __init__(self, router: Router, shutdown: Shutdown) -> None:
+    def __init__(self, router: Router, shutdown: Shutdown, store: ResponseStore | None = None) -> None:
         self._router = router
         self._shutdown = shutdown
+        self._store = store
 
-    async def create(self, request: ResponseRequest, *, record: RequestRecord | None = None) -> Response:
+    @property
+    def store(self) -> ResponseStore | None:
+        return self._store
+
+    async def create(
+        self, request: ResponseRequest, *, record: RequestRecord | None = None, owner: str = ""
+    ) -> Response:
         refused = request.unsupported
         if refused is not None:
             param, why = refused
             raise UnsupportedParameter(why, param=param)
-        first, stream = await open_stream(self._router.chat(_chat_request(request)), record)
-        draft = _Draft(request)
+        items = await self._history(request, owner) + request.items
+        plan, first, stream = await self._open(request, items, record)
+        headers: dict[str, str] = {}
+        if plan.dropped_tools:
+            headers[DROPPED_TOOLS_HEADER] = ",".join(plan.dropped_tools)
+            logger.info(
+                "responses: left out hosted tools this backend cannot run: %s", ", ".join(plan.dropped_tools)
+            )
+        builder = ResponseBuilder(request, plan.names, previous_id=request.previous_response_id)
+        kept = [_item_dict(item) for item in items]
         if not request.stream:
-            folded = await fold(first, stream, record)
-            return JSONResponse(draft.final(folded.text(0), folded.finish.get(0), folded.usage))
-        events = draft.events(first, stream, self._shutdown, record)
-        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+            tally = UsageTally()
+            try:
+                async for delta in iter_all(first, stream):
+                    builder.feed(delta)
+                    tally.add(delta.usage)
+            finally:
+                await aclose_stream(stream)
+                if record is not None:
+                    record.usage = tally.usage
+            builder.close()
+            final = builder.final(tally.usage)
+            await self._save(request, final, kept, owner)
+            return JSONResponse(final, headers=headers)
+        events = self._events(builder, first, stream, request, (kept, owner), record)
+        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, **headers})
 
+    async def _history(self, request: ResponseRequest, owner: str) -> list[InputItem]:
+        """The items of the stored conversation that ``previous_response_id`` continues."""
+        previous = request.previous_response_id
+        if not previous:
+            return []
+        found = None if self._store is None else await self._store.history(previous, owner=owner)
+        if found is None:
+            raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+        try:
+            return parse_items(found)
+        except ValidationError:
+            raise NotFound(
+                f"Previous response with id '{previous}' not found.", param="previous_response_id"
+            ) from None
 
-def _chat_request(request: ResponseRequest) -> ChatCompletionRequest:
-    messages: list[dict[str, Any]] = []
-    if request.instructions:
-        messages.append({"role": "system", "content": request.instructions})
-    if isinstance(request.input, str):
-        messages.append({"role": "user", "content": request.input})
-    else:
-        messages.extend({"role": item.role, "content": item.text} for item in request.input)
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": bool(request.stream)}
-    if request.stream:
-        body["stream_options"] = {"include_usage": True}  # upstreams send usage only when asked
-    optional = {
-        "max_completion_tokens": request.max_output_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "user": request.user,
-    }
-    body.update({key: value for key, value in optional.items() if value is not None})
-    chat = ChatCompletionRequest.model_validate(body)
-    chat.set_tenant(request.tenant)
-    return chat
+    async def _open(
+        self, request: ResponseRequest, items: list[InputItem], record: RequestRecord | None
+    ) -> tuple[ChatPlan, Delta | None, AsyncIterator[Delta]]:
+        """Route the request and wait for its first delta; with ``truncation: auto``, drop old input
+        until it fits (the fewest groups of items, found by bisection)."""
+        plan = _plan(request, items)
+        try:
+            first, stream = await open_stream(self._router.chat(_chat(plan, request)), record)
+            return plan, first, stream
+        except ContextLengthExceeded:
+            if request.truncation != "auto":
+                raise
+        groups = group_items(items)
+        lead = 0
+        while lead < len(groups) and _is_instruction(groups[lead]):
+            lead += 1  # system and developer messages at the front are kept
+        low, high = lead + 1, len(groups) - 1  # drop groups[lead:k] for the smallest k that fits
+        best: tuple[ChatPlan, Delta | None, AsyncIterator[Delta]] | None = None
+        while low <= high:
+            k = (low + high) // 2
+            kept = [item for group in groups[:lead] + groups[k:] for item in group]
+            candidate = _plan(request, kept)
+            try:
+                first, stream = await open_stream(self._router.chat(_chat(candidate, request)), record)
+            except ContextLengthExceeded:
+                low = k + 1
+                continue
+            if best is not None:
+                await aclose_stream(best[2])
+            best = (candidate, first, stream)
+            high = k - 1
+        if best is None:
+            raise ContextLengthExceeded(
+                "The input does not fit the model's context even with all earlier items dropped.",
+                param="input",
+            )
+        return best
 
-
-class _Draft:
-    """One response being built: its ids, the request fields it echoes, and its final form."""
-
-    def __init__(self, request: ResponseRequest) -> None:
-        self.request = request
-        self.id = response_item_id("resp")
-        self.message_id = response_item_id("msg")
-        self.created_at = int(time.time())
-
-    def envelope(
+    def _events(
         self,
-        status: str,
-        output: list[dict[str, Any]],
-        usage: TokenUsage | None,
-        *,
-        reason: str | None = None,
-    ) -> dict[str, Any]:
-        r = self.request
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "background": False,
-            "error": None,
-            "incomplete_details": {"reason": reason} if reason else None,
-            "instructions": r.instructions,
-            "max_output_tokens": r.max_output_tokens,
-            "model": r.model,
-            "output": output,
-            "parallel_tool_calls": True,
-            "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
-            "store": False,  # nothing is kept, whatever the request said
-            "temperature": 1.0 if r.temperature is None else r.temperature,
-            "text": {"format": {"type": "text"}},
-            "tool_choice": "auto",
-            "tools": [],
-            "top_p": 1.0 if r.top_p is None else r.top_p,
-            "truncation": r.truncation or "disabled",
-            "usage": _usage(usage) if usage is not None else None,
-            "user": r.user,
-            "metadata": r.metadata or {},
-        }
-
-    def message(self, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "type": "message",
-            "id": self.message_id,
-            "status": status,
-            "role": "assistant",
-            "content": content,
-        }
-
-    def final(self, text: str, finish: str | None, usage: TokenUsage) -> dict[str, Any]:
-        reason = _INCOMPLETE.get(finish or "")
-        status = "incomplete" if reason else "completed"
-        return self.envelope(status, [self.message(status, [_text_part(text)])], usage, reason=reason)
-
-    def events(
-        self,
+        builder: ResponseBuilder,
         first: Delta | None,
         stream: AsyncIterator[Delta],
-        shutdown: Shutdown,
-        record: RequestRecord | None = None,
+        request: ResponseRequest,
+        kept: tuple[list[dict[str, Any]], str],
+        record: RequestRecord | None,
     ) -> AsyncIterator[bytes]:
         numbers = itertools.count()
 
-        def event(kind: str, **payload: Any) -> bytes:
+        def event(kind: str, payload: dict[str, Any]) -> bytes:
             return sse.encode_event(kind, {"type": kind, "sequence_number": next(numbers), **payload})
 
         tally = UsageTally()
+
+        async def frames() -> AsyncIterator[bytes]:
+            opening = builder.envelope("in_progress", None)
+            yield event("response.created", {"response": opening})
+            yield event("response.in_progress", {"response": opening})
+            async for delta in iter_all(first, stream):
+                for kind, payload in builder.feed(delta):
+                    yield event(kind, payload)
+                tally.add(delta.usage)
+            for kind, payload in builder.close():
+                yield event(kind, payload)
+            final = builder.final(tally.usage)
+            await self._save(request, final, *kept)
+            done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            yield event(done, {"response": final})
+
         return guarded(
-            self._events(first, stream, event, tally),
+            frames(),
             source=stream,
-            shutdown=shutdown,
-            error_frame=lambda exc: event("error", **_error_fields(exc)),
+            shutdown=self._shutdown,
+            error_frame=lambda exc: event("error", _error_fields(exc)),
             what="response stream",
             on_close=settle_usage(record, tally),
         )
 
-    async def _events(
-        self,
-        first: Delta | None,
-        stream: AsyncIterator[Delta],
-        event: Callable[..., bytes],
-        tally: UsageTally,
-    ) -> AsyncIterator[bytes]:
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        texts: list[str] = []
-        finish: str | None = None
-        opening = self.envelope("in_progress", [], None)
-        yield event("response.created", response=opening)
-        yield event("response.in_progress", response=opening)
-        yield event("response.output_item.added", output_index=0, item=self.message("in_progress", []))
-        yield event("response.content_part.added", **where, part=_text_part(""))
-        async for delta in iter_all(first, stream):
-            if delta.index != 0:
-                continue
-            if delta.text:
-                texts.append(delta.text)
-                yield event("response.output_text.delta", **where, delta=delta.text, logprobs=[])
-            if delta.finish_reason is not None:
-                finish = delta.finish_reason
-            tally.add(delta.usage)
-        text = "".join(texts)
-        yield event("response.output_text.done", **where, text=text, logprobs=[])
-        yield event("response.content_part.done", **where, part=_text_part(text))
-        final = self.final(text, finish, tally.usage)
-        yield event("response.output_item.done", output_index=0, item=final["output"][0])
-        done = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-        yield event(done, response=final)
+    async def _save(
+        self, request: ResponseRequest, final: dict[str, Any], items: list[dict[str, Any]], owner: str
+    ) -> None:
+        if self._store is not None and request.store is not False:
+            await self._store.save(final, items, owner=owner)
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _plan(request: ResponseRequest, items: list[InputItem]) -> ChatPlan:
+    try:
+        return chat_body(request, items, stream=bool(request.stream))
+    except ParamError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
 
 
-def _usage(usage: TokenUsage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage.total_tokens,
-    }
+def _chat(plan: ChatPlan, request: ResponseRequest) -> ChatCompletionRequest:
+    try:
+        chat = ChatCompletionRequest.model_validate(plan.body)
+    except ValidationError as exc:
+        error = validation_error(exc)
+        raise InvalidRequest(f"The request cannot be served as a chat completion: {error.message}") from None
+    chat.set_tenant(request.tenant)
+    return chat
+
+
+def _is_instruction(group: list[InputItem]) -> bool:
+    head = group[0]
+    return getattr(head, "type", None) == "message" and getattr(head, "role", None) in ("system", "developer")
+
+
+def _item_dict(item: InputItem) -> dict[str, Any]:
+    """An input item as it is stored and listed: message content always as a list of parts."""
+    out = item.model_dump(mode="json", exclude_none=True)
+    if out.get("type") == "message" and isinstance(out.get("content"), str):
+        kind = "output_text" if out.get("role") == "assistant" else "input_text"
+        out["content"] = [{"type": kind, "text": out["content"]}]
+    return out
 
 
 def _error_fields(exc: InterferenceError) -> dict[str, Any]:

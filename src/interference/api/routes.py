@@ -69,6 +69,11 @@ def _record(request: Request, model: str) -> RequestRecord | None:
     return record
 
 
+def _owner(request: Request) -> str:
+    caller = caller_of(request.scope)
+    return caller.owner if caller is not None else ""
+
+
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.interference
     return state
@@ -105,9 +110,26 @@ async def embeddings(request: Request) -> Response:
 @api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
+    serving = _state(request).responses
     return await with_cancellation(
-        request, _state(request).responses.create(body, record=_record(request, body.model))
+        request, serving.create(body, record=_record(request, body.model), owner=_owner(request))
     )
+
+
+@api_router.get("/responses/{response_id}")
+async def retrieve_response(request: Request, response_id: str) -> Response:
+    return await _state(request).stored_responses.retrieve(response_id, owner=_owner(request))
+
+
+@api_router.delete("/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> Response:
+    return await _state(request).stored_responses.delete(response_id, owner=_owner(request))
+
+
+@api_router.get("/responses/{response_id}/input_items")
+async def response_input_items(request: Request, response_id: str) -> Response:
+    stored = _state(request).stored_responses
+    return await stored.input_items(response_id, owner=_owner(request), query=dict(request.query_params))
 
 
 @api_router.post("/messages", openapi_extra=request_body(MessagesRequest))

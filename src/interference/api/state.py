@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..router import Router
+from ..state import ResponseStore
 from .chat import ChatServing
 from .completions import CompletionServing
 from .embeddings import EmbeddingServing
 from .messages import MessagesServing
 from .responses import ResponseServing
 from .shutdown import Shutdown
+from .stored_responses import StoredResponses
 
 __all__ = ["AppState"]
 
@@ -22,18 +24,20 @@ class AppState:
     completions: CompletionServing
     embeddings: EmbeddingServing
     responses: ResponseServing
+    stored_responses: StoredResponses
     messages: MessagesServing
     shutdown: Shutdown
 
     @classmethod
-    def build(cls, router: Router) -> AppState:
+    def build(cls, router: Router, store: ResponseStore | None = None) -> AppState:
         shutdown = Shutdown()
         return cls(
             router=router,
             chat=ChatServing(router, shutdown),
             completions=CompletionServing(router, shutdown),
             embeddings=EmbeddingServing(router),
-            responses=ResponseServing(router, shutdown),
+            responses=ResponseServing(router, shutdown, store),
+            stored_responses=StoredResponses(store),
             messages=MessagesServing(router, shutdown),
             shutdown=shutdown,
         )

@@ -45,6 +45,7 @@ from .responses import (
     InputMessage,
     InputText,
     ResponseRequest,
+    parse_items,
     response_item_id,
 )
 
@@ -81,5 +82,6 @@ __all__ = [
     "UserMessage",
     "WireModel",
     "new_id",
+    "parse_items",
     "response_item_id",
 ]
