@@ -38,6 +38,7 @@ MODES = (
     "stall_mid",  # two good chunks, then silence for SLOW_SECONDS (a drip slower than a timeout)
     "not_sse",  # 200 text/event-stream whose body is JSON lines, not SSE events
     "tools",  # a tool call instead of text
+    "reasoning",  # reasoning_content (REASONING) before the text, as thinking models send it
 )
 SLOW_SECONDS = 5.0
 PIECES = ("Hel", "lo", ", w\u00f6rld", " \u2713", " \U0001f600", "!")
@@ -155,6 +156,8 @@ class FakeUpstream:
             finish = "tool_calls"
         else:
             message, finish = {"role": "assistant", "content": text}, "stop"
+            if mode == "reasoning":
+                message["reasoning_content"] = "".join(REASONING)
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [_logprob(p) for p in self.pieces]}
@@ -235,6 +238,8 @@ class FakeUpstream:
                     chunks.append(chat({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
                 chunks.append(chat({}, "tool_calls"))
             else:
+                if mode == "reasoning":
+                    chunks.extend(chat({"reasoning_content": piece}) for piece in REASONING)
                 for piece in pieces:
                     lp = {"content": [_logprob(piece)]} if wants_logprobs else None
                     chunks.append(chat({"content": piece}, lp=lp))
@@ -250,6 +255,9 @@ class FakeUpstream:
             )
         return chunks
 
+
+# What a thinking model's reasoning looks like from vLLM or llama-server (mode "reasoning").
+REASONING = ("Let me ", "think.")
 
 _TOOL_CALL = {
     "id": "call_1",

@@ -273,7 +273,7 @@ def test_bad_requests_are_400_in_anthropic_envelope(server: RunningServer) -> No
             json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "system", "content": "x"}]},
         )
         _error(role, 400, "invalid_request_error")
-        thinking = {"type": "enabled", "budget_tokens": 1024}
+        thinking = {"type": "enabled", "budget_tokens": "lots"}
         think = http.post(
             "/v1/messages", json={"model": MODEL, "max_tokens": 4, "messages": HI, "thinking": thinking}
         )
@@ -297,7 +297,7 @@ def test_bad_requests_are_400_in_anthropic_envelope(server: RunningServer) -> No
 def test_sdk_raises_its_own_error_classes(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as bad:
         claude.messages.create(
-            model=MODEL, max_tokens=4, messages=HI, thinking={"type": "enabled", "budget_tokens": 1024}
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "x" * 40_000}]
         )
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     with pytest.raises(anthropic.NotFoundError) as missing:

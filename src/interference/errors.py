@@ -83,7 +83,17 @@ class InvalidRequest(InterferenceError):
 
 
 class ContextLengthExceeded(InvalidRequest):
+    """The prompt (with the tokens asked for) does not fit; ``tokens`` and ``limit`` when they are known,
+    for the routes that word it their own way (Anthropic's "prompt is too long: N tokens > M maximum")."""
+
     code = "context_length_exceeded"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, tokens: int | None = None, limit: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.tokens = tokens
+        self.limit = limit
 
 
 class UnsupportedParameter(InvalidRequest):

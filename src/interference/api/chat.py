@@ -34,7 +34,7 @@ class ChatServing:
             choices = [
                 {
                     "index": i,
-                    "message": _message(folded.text(i), folded.calls(i)),
+                    "message": _message(folded.text(i), folded.calls(i), folded.reasoning(i)),
                     "logprobs": folded.logprobs.get(i),
                     "finish_reason": folded.finish.get(i),
                 }
@@ -63,8 +63,10 @@ class ChatServing:
 
         def chunks(delta: Delta) -> list[dict[str, Any]]:
             out = []
-            if delta.text or delta.tool_calls or delta.logprobs:
+            if delta.text or delta.tool_calls or delta.logprobs or delta.reasoning:
                 message: dict[str, Any] = {"content": delta.text} if delta.text else {}
+                if delta.reasoning:
+                    message["reasoning_content"] = delta.reasoning
                 if delta.tool_calls:
                     message["tool_calls"] = delta.tool_calls
                 choice = {
@@ -114,8 +116,12 @@ class ChatServing:
         return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
-def _message(text: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
-    if not tool_calls:
-        return {"role": "assistant", "content": text}
-    # OpenAI sends null content beside tool calls when the model wrote no text.
-    return {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+def _message(text: str, tool_calls: list[dict[str, Any]], reasoning: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning:  # as vLLM, DeepSeek and llama-server return a thinking model's reasoning
+        message["reasoning_content"] = reasoning
+    if tool_calls:
+        # OpenAI sends null content beside tool calls when the model wrote no text.
+        message["content"] = text or None
+        message["tool_calls"] = tool_calls
+    return message

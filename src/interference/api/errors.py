@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-from ..errors import InterferenceError, InvalidRequest, NotFound
+from ..errors import ContextLengthExceeded, InterferenceError, InvalidRequest, NotFound
 from ..protocol import ErrorBody, ErrorResponse, ParamError
 from .request_log import HEADER as REQUEST_ID_HEADER
 from .request_log import record_of
@@ -127,7 +127,10 @@ def is_anthropic(scope: Scope) -> bool:
 
 def anthropic_error_body(exc: InterferenceError) -> dict[str, Any]:
     kind = _ANTHROPIC_TYPES.get(exc.status) or ("api_error" if exc.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": _ADDRESS.sub("", exc.message)}}
+    message = _ADDRESS.sub("", exc.message)
+    if isinstance(exc, ContextLengthExceeded) and exc.tokens is not None and exc.limit is not None:
+        message = f"prompt is too long: {exc.tokens} tokens > {exc.limit} maximum"  # what Claude Code acts on
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def anthropic_error_response(exc: InterferenceError) -> JSONResponse:

@@ -38,6 +38,8 @@ __all__ = ["MessagesServing"]
 logger = logging.getLogger(__name__)
 
 Item = Delta | MessageEvent
+# Thinking blocks of OpenAI-shaped backends carry no signature of Anthropic's; this marks them as ours.
+THINKING_SIGNATURE = "interference"
 
 
 class MessagesServing:
@@ -56,7 +58,7 @@ class MessagesServing:
         draft = _Draft(request.model)
         if not request.stream:
             folded = await fold(first, deltas, record)
-            blocks = draft.blocks(folded.text(0), folded.calls(0))
+            blocks = draft.blocks(folded.text(0), folded.calls(0), folded.reasoning(0))
             reason = stop_reason(folded.finish.get(0), folded.stop_sequences.get(0))
             return JSONResponse(draft.message(blocks, reason, folded.stop_sequences.get(0), folded.usage))
         return _streaming(draft.events(first, deltas, self._shutdown, record))
@@ -107,8 +109,12 @@ class _Draft:
     def tool_id(call_id: Any) -> str:
         return call_id if isinstance(call_id, str) and call_id.startswith("toolu_") else anthropic_id("toolu")
 
-    def blocks(self, text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    def blocks(self, text: str, calls: list[dict[str, Any]], reasoning: str = "") -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if reasoning:
+            blocks.append({"type": "thinking", "thinking": reasoning, "signature": THINKING_SIGNATURE})
+        if text or not calls:
+            blocks.append({"type": "text", "text": text})
         for call in calls:
             fn = call.get("function") or {}
             blocks.append(
@@ -170,13 +176,32 @@ class _Draft:
         opening = TokenUsage(early.prompt_tokens, 0, early.cached_tokens) if early else None
         yield event("message_start", message=self.message([], None, None, opening))
         yield event("ping")
+
+        def stop(kind: str | None) -> list[bytes]:
+            if kind is None:
+                return []
+            signed = []
+            if kind == "thinking":  # clients send thinking blocks back with their signature
+                signature = {"type": "signature_delta", "signature": THINKING_SIGNATURE}
+                signed.append(event("content_block_delta", index=index, delta=signature))
+            return [*signed, event("content_block_stop", index=index)]
+
         async for delta in iter_all(first, stream):
             if delta.index != 0:
                 continue
+            if delta.reasoning:
+                if open_kind != "thinking":
+                    for frame in stop(open_kind):
+                        yield frame
+                    index, open_kind = index + 1, "thinking"
+                    thinking = {"type": "thinking", "thinking": "", "signature": ""}
+                    yield event("content_block_start", index=index, content_block=thinking)
+                thought = {"type": "thinking_delta", "thinking": delta.reasoning}
+                yield event("content_block_delta", index=index, delta=thought)
             if delta.text:
                 if open_kind != "text":
-                    if open_kind is not None:
-                        yield event("content_block_stop", index=index)
+                    for frame in stop(open_kind):
+                        yield frame
                     index, open_kind = index + 1, "text"
                     yield event(
                         "content_block_start", index=index, content_block={"type": "text", "text": ""}
@@ -188,8 +213,8 @@ class _Draft:
                 call = f"call{piece.get('index', 0)}"
                 fn = piece.get("function") or {}
                 if open_kind != call:
-                    if open_kind is not None:
-                        yield event("content_block_stop", index=index)
+                    for frame in stop(open_kind):
+                        yield frame
                     index, open_kind = index + 1, call
                     block: dict[str, Any] = {
                         "type": "tool_use",
@@ -204,11 +229,11 @@ class _Draft:
             if delta.finish_reason is not None:
                 finish, sequence = delta.finish_reason, delta.stop_sequence
             tally.add(delta.usage)
-        if open_kind is not None:
-            yield event("content_block_stop", index=index)
+        for frame in stop(open_kind):
+            yield frame
         reason = stop_reason(finish, sequence)
-        stop = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
-        yield event("message_delta", delta=stop, usage=_usage(tally.usage))
+        ending = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
+        yield event("message_delta", delta=ending, usage=_usage(tally.usage))
         yield event("message_stop")
 
 

@@ -83,6 +83,7 @@ class Folded:
     """A whole stream folded into one answer per choice."""
 
     texts: dict[int, list[str]] = field(default_factory=dict)
+    reasonings: dict[int, list[str]] = field(default_factory=dict)
     finish: dict[int, str | None] = field(default_factory=dict)
     tool_calls: dict[int, dict[int, dict[str, Any]]] = field(
         default_factory=dict
@@ -93,6 +94,9 @@ class Folded:
 
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, []))
+
+    def reasoning(self, index: int) -> str:
+        return "".join(self.reasonings.get(index, []))
 
     def calls(self, index: int) -> list[dict[str, Any]]:
         return [call for _, call in sorted(self.tool_calls.get(index, {}).items())]
@@ -140,6 +144,8 @@ async def fold(
         async for delta in iter_all(first, stream):
             if delta.text:
                 out.texts.setdefault(delta.index, []).append(delta.text)
+            if delta.reasoning:
+                out.reasonings.setdefault(delta.index, []).append(delta.reasoning)
             if delta.finish_reason is not None:
                 out.finish[delta.index] = delta.finish_reason
             if delta.stop_sequence is not None:

@@ -97,6 +97,12 @@ class Engine:
         return self.runtime.n_ctx_seq
 
     @property
+    def template_thinks(self) -> bool:
+        """Whether the model's chat template has a thinking mode (``enable_thinking``, ``<think>``)."""
+        source = self.template.source
+        return "enable_thinking" in source or "<think>" in source
+
+    @property
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template knows how to show tools (it reads a ``tools`` variable)."""
         return "tools" in self.template.source

@@ -29,6 +29,7 @@ from ..protocol import (
 from ..protocol.anthropic import ImageBlock
 from .base import Delta, MessageEvent, Provider, ProviderStats, TokenUsage, chat_from_messages
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
+from .reasoning import OPEN, split_reasoning
 from .tools import call_schema, message_dicts, offered_tools, tool_mode
 
 __all__ = ["LocalProvider"]
@@ -52,6 +53,7 @@ class _Plan:
     top_logprobs: int | None = None
     legacy_logprobs: bool = False
     group: str | None = None  # set when n > 1: the engine prefills the shared prompt once
+    clamp: bool = False  # max_tokens beyond the context is shortened, not refused
 
 
 def _group(request: SamplingFields) -> str | None:
@@ -101,11 +103,18 @@ class LocalProvider(Provider):
 
     # ------------------------------------------------------------------ requests
 
-    async def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+    def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
+        return self._chat(request, thinking=None, clamp=False)
+
+    async def _chat(
+        self, request: ChatCompletionRequest, *, thinking: bool | None, clamp: bool
+    ) -> AsyncIterator[Delta]:
+        """``thinking``: turn the template's thinking mode on or off (None: the template's default);
+        ``clamp``: shorten ``max_tokens`` to the room left in the context instead of refusing it."""
         self._check_n(request)
         mode = tool_mode(request)
         # Rendering, tokenizing and compiling a schema grow with the request: off the event loop.
-        prompt, grammar = await asyncio.to_thread(self._chat_prompt, request, mode)
+        prompt, grammar = await asyncio.to_thread(self._chat_prompt, request, mode, thinking)
         top = (request.top_logprobs or 0) if request.logprobs else None
         plan = _Plan(
             prompt,
@@ -114,10 +123,15 @@ class LocalProvider(Provider):
             grammar=grammar,
             top_logprobs=top,
             group=_group(request),
+            clamp=clamp,
         )
+        thinks = self.engine.template_thinks and grammar is None
+        opened = thinks and self.engine.detokenize(prompt[-8:]).rstrip().endswith(OPEN)
         choices: list[AsyncIterator[Delta]] = []
         for i in range(request.n or 1):
             choice = self._generate(plan, request, index=i)
+            if thinks:
+                choice = split_reasoning(choice, opened=opened)
             if mode != "none":
                 choice = shape_tool_calls(
                     choice, tools=list(request.tools or []), constrained=grammar is not None
@@ -126,34 +140,37 @@ class LocalProvider(Provider):
         async for delta in merge(choices):
             yield delta
 
-    def _chat_prompt(self, request: ChatCompletionRequest, mode: str) -> tuple[list[int], str | None]:
+    def _chat_prompt(
+        self, request: ChatCompletionRequest, mode: str, thinking: bool | None
+    ) -> tuple[list[int], str | None]:
         """The prompt's tokens and the output grammar, if any (runs in a worker thread)."""
-        return self._render(request, mode), self._grammar(request, mode)
+        return self._render(request, mode, thinking), self._grammar(request, mode)
 
     def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
+        """Claude clients always send ``thinking`` and a large ``max_tokens``: a model without a thinking
+        mode simply does not think, and the answer is as long as the context leaves room for."""
         self._check_anthropic(request)
-        return super().messages(request, model=model)
+        return self._chat(chat_from_messages(request), thinking=request.thinking_enabled, clamp=True)
 
     async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
         self._check_anthropic(request)
         chat = chat_from_messages(request)
-        return len(await asyncio.to_thread(self._render, chat, tool_mode(chat)))
+        rendered = await asyncio.to_thread(self._render, chat, tool_mode(chat), request.thinking_enabled)
+        return len(rendered)
 
     @staticmethod
     def _check_anthropic(request: CountTokensRequest) -> None:
-        if request.thinking_enabled:
-            raise UnsupportedParameter(
-                "This model has no thinking mode; leave 'thinking' out.", param="thinking"
-            )
         if any(isinstance(b, ImageBlock) for b in request.blocks()):
             raise UnsupportedParameter(
                 "This model does not read images (image content blocks).", param="messages"
             )
 
-    def _render(self, request: ChatCompletionRequest, mode: str) -> list[int]:
+    def _render(self, request: ChatCompletionRequest, mode: str, thinking: bool | None = None) -> list[int]:
         """The prompt's tokens: the chat template over the messages, with the tools when they are on."""
         native = mode != "none" and self.engine.template_renders_tools
         extra: dict[str, Any] = {}
+        if thinking is not None and self.engine.template_thinks:
+            extra["enable_thinking"] = thinking
         if native:
             extra["tools"] = [t.model_dump(exclude_none=True) for t in offered_tools(request)]
         try:
@@ -242,7 +259,11 @@ class LocalProvider(Provider):
                 f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
                 f"resulted in {len(prompt)} tokens.",
                 param=param,
+                tokens=len(prompt),
+                limit=n_ctx,
             )
+        if plan.clamp and max_tokens is not None:
+            max_tokens = min(max_tokens, n_ctx - len(prompt))
         if max_tokens is not None and len(prompt) + max_tokens > n_ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "

@@ -342,7 +342,7 @@ class _EventStream:
             self._seen.add(delta.index)
             if delta.finish_reason is not None:
                 self._finished.add(delta.index)
-            if delta.text or delta.tool_calls or delta.logprobs or delta.finish_reason:
+            if delta.text or delta.reasoning or delta.tool_calls or delta.logprobs or delta.finish_reason:
                 deltas.append(delta)
         return deltas
 
@@ -376,6 +376,7 @@ def _choice_delta(choice: Any, kind: Kind, *, is_chunk: bool) -> Delta:
     if not isinstance(index, int):
         raise UpstreamProtocolError("The upstream server sent a malformed choice index.")
     tool_calls: tuple[dict[str, Any], ...] | None = None
+    reasoning: Any = None
     if kind == "text":
         text = choice.get("text")
     else:
@@ -383,6 +384,8 @@ def _choice_delta(choice: Any, kind: Kind, *, is_chunk: bool) -> Delta:
         if not isinstance(message, dict):
             raise UpstreamProtocolError("The upstream server sent a malformed message.")
         text = message.get("content")
+        # vLLM, SGLang, DeepSeek and llama-server say reasoning_content; Ollama and OpenRouter, reasoning.
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
         calls = message.get("tool_calls")
         if calls:
             # Whole messages carry no per-call index; streamed ones do. Deltas always carry it.
@@ -401,6 +404,7 @@ def _choice_delta(choice: Any, kind: Kind, *, is_chunk: bool) -> Delta:
         finish_reason=finish if isinstance(finish, str) else None,
         tool_calls=tool_calls or None,
         logprobs=logprobs if isinstance(logprobs, dict) and logprobs else None,
+        reasoning=reasoning if isinstance(reasoning, str) else "",
     )
 
 

@@ -1,0 +1,208 @@
+"""What Claude Code sends, on the embedded model and through upstreams; reasoning from thinking models.
+
+Claude Code sends ``thinking``, ``context_management``, ``cache_control``, ``metadata`` and
+``anthropic-beta`` on every request whatever the model: none of them may be refused. A prompt that does
+not fit is refused in Anthropic's words, which Claude Code acts on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from claude_code_request import BETA, TOOL_NAMES, claude_code_body
+
+from conftest import RunningServer, running_server
+from fake_upstream import PIECES, REASONING, FakeUpstream
+from interference.engine import embedded_model_path
+
+MODEL = "claude-sonnet-4-5"  # a default alias of the embedded model
+TOO_LONG = re.compile(r"^prompt is too long: (\d+) tokens > (\d+) maximum$")
+
+
+def _post(
+    server: RunningServer, body: dict[str, Any], path: str = "/v1/messages?beta=true"
+) -> httpx.Response:
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": BETA, "x-api-key": "sk-local"}
+    with server.http() as http:
+        return http.post(path, json=body, headers=headers)
+
+
+def test_claude_code_fields_are_accepted_on_the_local_model(server: RunningServer) -> None:
+    body = claude_code_body(MODEL, "Say hi.", system_chars=200)
+    body["tools"] = body["tools"][:3]
+    reply = _post(server, body)
+    assert reply.status_code == 200, reply.text
+    message = reply.json()
+    assert message["type"] == "message" and message["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+    assert message["content"][0]["type"] in ("text", "tool_use")  # no thinking mode: no thinking
+    counted = _post(server, body, "/v1/messages/count_tokens?beta=true")
+    assert counted.status_code == 200, counted.text
+    usage = message["usage"]
+    assert counted.json()["input_tokens"] == usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+
+def test_a_prompt_too_long_is_refused_in_anthropic_words(server: RunningServer) -> None:
+    body = claude_code_body(MODEL, "List the files.", system_chars=27_000, stream=True)
+    assert len(body["tools"]) == len(TOOL_NAMES) == 24
+    reply = _post(server, body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    found = TOO_LONG.match(error["error"]["message"])
+    assert found is not None, error
+    tokens, limit = int(found[1]), int(found[2])
+    assert tokens > limit > 0
+    counted = _post(server, {**body, "stream": False}, "/v1/messages/count_tokens")
+    assert counted.json()["input_tokens"] == tokens  # count_tokens counts what the model would read
+
+
+def test_the_sdk_streams_a_claude_code_turn(server: RunningServer) -> None:
+    client = anthropic.Anthropic(base_url=server.url, api_key="sk-local", max_retries=0)
+    body = claude_code_body(MODEL, "Say hi.", system_chars=200)
+    with client.messages.stream(
+        model=MODEL,
+        max_tokens=body["max_tokens"],
+        system=body["system"],
+        messages=body["messages"],
+        tools=body["tools"][:2],
+        thinking=body["thinking"],
+        metadata=body["metadata"],
+        extra_body={"context_management": body["context_management"]},
+        extra_headers={"anthropic-beta": BETA},
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert final.usage.output_tokens > 0
+
+
+# ---------------------------------------------------------------------- a model whose template thinks
+
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is not defined or enable_thinking %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def _with_template(source: Path, target: Path, template: str) -> None:
+    """A copy of the GGUF with its chat template replaced, padded so that nothing else moves."""
+    data = source.read_bytes()
+    key = b"tokenizer.chat_template"
+    at = data.index(key) + len(key) + 4  # the value's type (uint32), then its length (uint64)
+    length = int.from_bytes(data[at : at + 8], "little")
+    replacement = template.encode().ljust(length, b" ")
+    assert len(replacement) == length
+    target.write_bytes(data[: at + 8] + replacement + data[at + 8 + length :])
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("thinker")
+    gguf = tmp / "thinker.gguf"
+    _with_template(embedded_model_path(), gguf, THINKING_TEMPLATE)
+    with running_server("-m", str(gguf), "--no-embeddings", "--alias", "thinker", tmp=tmp) as server:
+        yield server
+
+
+def test_thinking_blocks_from_a_thinking_template(thinker: RunningServer) -> None:
+    client = anthropic.Anthropic(base_url=thinker.url, api_key="sk-local", max_retries=0)
+    message = client.messages.create(
+        model="thinker",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
+    assert message.content[0].type == "thinking"
+    assert message.content[0].thinking and message.content[0].signature
+    with client.messages.stream(
+        model="thinker",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    ) as stream:
+        kinds = [(e.type, getattr(getattr(e, "delta", None), "type", None)) for e in stream]
+    assert ("content_block_delta", "thinking_delta") in kinds
+    assert ("content_block_delta", "signature_delta") in kinds
+
+
+def test_reasoning_content_from_a_thinking_template(thinker: RunningServer) -> None:
+    reply = thinker.client().chat.completions.create(
+        model="thinker", messages=[{"role": "user", "content": "Why?"}], max_tokens=16
+    )
+    message = reply.choices[0].message
+    assert getattr(message, "reasoning_content", None)
+    assert "<think>" not in (message.content or "")
+    response = thinker.client().responses.create(model="thinker", input="Why?", max_output_tokens=16)
+    assert response.output[0].type == "reasoning"
+    assert response.output[0].summary[0].text
+
+
+# ---------------------------------------------------------------------- through upstreams
+
+
+@pytest.fixture(scope="module")
+def reasoning_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("reasoning-upstream")
+    upstream = FakeUpstream(mode="reasoning").start()
+    config = tmp / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
+        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
+    )
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
+            yield server
+    finally:
+        upstream.stop()
+
+
+def test_upstream_reasoning_content_everywhere(reasoning_upstream: RunningServer) -> None:
+    server = reasoning_upstream
+    chat = server.client().chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}])
+    assert getattr(chat.choices[0].message, "reasoning_content", None) == "".join(REASONING)
+    assert chat.choices[0].message.content == "".join(PIECES)
+    streamed = server.client().chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    thoughts = [getattr(c.choices[0].delta, "reasoning_content", None) for c in streamed if c.choices]
+    assert "".join(t for t in thoughts if t) == "".join(REASONING)
+    client = anthropic.Anthropic(base_url=server.url, api_key="sk-local", max_retries=0)
+    body = claude_code_body("up", "hi")
+    message = client.messages.create(
+        model="up",
+        max_tokens=100,
+        system=body["system"],
+        messages=body["messages"],
+        thinking=body["thinking"],
+    )
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as oa:
+        events = list(oa.responses.create(model="up", input="hi", stream=True))
+    kinds = [e.type for e in events]
+    assert "response.reasoning_summary_text.delta" in kinds
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+def test_claude_code_request_through_an_openai_upstream(tmp_path: Path) -> None:
+    upstream = FakeUpstream().start()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "up"\naliases = ["{MODEL}"]\n[[models.deployments]]\ntype = "openai"\n'
+        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
+    )
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp_path) as server:
+            reply = _post(server, claude_code_body(MODEL, "hi", system_chars=27_000))
+            assert reply.status_code == 200, reply.text
+            sent = upstream.bodies[-1]
+            assert len(sent["tools"]) == 24 and "thinking" not in sent and "context_management" not in sent
+    finally:
+        upstream.stop()
