@@ -74,6 +74,7 @@ class FakeUpstream:
             routes=[
                 Route("/v1/chat/completions", self._handle, methods=["POST"]),
                 Route("/v1/completions", self._handle, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/tokenize", self._tokenize, methods=["POST"]),
             ]
         )
@@ -126,6 +127,43 @@ class FakeUpstream:
                 self._events(body, is_chat=is_chat, mode=mode), media_type="text/event-stream"
             )
         return JSONResponse(self._whole(body, is_chat=is_chat, mode=mode))
+
+    async def _responses(self, request: Request) -> Response:
+        """/v1/responses served natively: the raw body is recorded; errors as ``_handle`` gives them."""
+        body = orjson.loads(await request.body())
+        self.hits += 1
+        self.keys.append(request.headers.get("authorization"))
+        self.bodies.append(body)
+        if self.mode in ("500", "429", "400", "403"):
+            return _error(int(self.mode), f"fake upstream says {self.mode}")
+        text = "".join(self.pieces)
+        message = {
+            "type": "message", "id": "msg_up", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }  # fmt: skip
+        whole = {
+            "id": f"resp_up{self.hits}", "object": "response", "created_at": 1, "status": "completed",
+            "model": body["model"], "output": [message], "store": body.get("store", True),
+            "usage": {
+                "input_tokens": 11, "output_tokens": len(self.pieces), "total_tokens": 11 + len(self.pieces),
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }  # fmt: skip
+        if not body.get("stream"):
+            return JSONResponse(whole)
+        opening = {**whole, "status": "in_progress", "output": [], "usage": None}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": opening},
+            *({"type": "response.output_text.delta", "item_id": "msg_up", "output_index": 0,
+               "content_index": 0, "delta": piece} for piece in self.pieces),
+            {"type": "response.completed", "response": whole},
+        ]  # fmt: skip
+        frames = b"".join(
+            b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps({**e, "sequence_number": i}))
+            for i, e in enumerate(events)
+        )
+        return Response(frames, media_type="text/event-stream")
 
     async def _tokenize(self, request: Request) -> Response:
         if not self.has_tokenize:

@@ -49,7 +49,7 @@ def test_claude_code_fields_are_accepted_on_the_local_model(server: RunningServe
 
 
 def test_a_prompt_too_long_is_refused_in_anthropic_words(server: RunningServer) -> None:
-    body = claude_code_body(MODEL, "List the files.", system_chars=27_000, stream=True)
+    body = claude_code_body(MODEL, "List the files.", system_chars=60_000, stream=True)
     assert len(body["tools"]) == len(TOOL_NAMES) == 24
     reply = _post(server, body)
     assert reply.status_code == 400, reply.text

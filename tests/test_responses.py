@@ -222,7 +222,7 @@ def test_bad_requests_are_400s(
 
 def test_errors_come_before_the_stream(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model=MODEL, input="word " * 5000, stream=True)
+        client.responses.create(model=MODEL, input="word " * 9000, stream=True)
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="hi", stream=True)

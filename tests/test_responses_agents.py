@@ -165,24 +165,27 @@ def test_tool_loop_and_stored_chain(client: openai.OpenAI) -> None:
     assert [item.type for item in listed.data] == ["message", "function_call", "function_call_output"]
 
 
-def test_truncation(client: openai.OpenAI) -> None:
+def test_truncation(tmp_path: Path) -> None:
     history: list[dict[str, Any]] = [{"role": "developer", "content": "Answer briefly."}]
-    for i in range(40):
-        history.append({"role": "user", "content": f"Fact {i}: " + "lorem ipsum dolor sit amet " * 40})
+    for i in range(12):
+        history.append({"role": "user", "content": f"Fact {i}: " + "lorem ipsum dolor sit amet " * 20})
         history.append({"role": "assistant", "content": "Noted."})
     history.append({"role": "user", "content": "Say ok."})
-    with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model=MODEL, input=history, max_output_tokens=4)  # type: ignore[arg-type]
-    assert isinstance(info.value.body, dict) and info.value.body["code"] == "context_length_exceeded"
-    kept = client.responses.create(
-        model=MODEL,
-        input=history,  # type: ignore[arg-type]
-        truncation="auto",
-        max_output_tokens=4,
-        store=False,
-    )
-    assert kept.status in ("completed", "incomplete") and kept.truncation == "auto"
-    assert kept.usage is not None and kept.usage.input_tokens > 1000
+    # A small context, so that the history overflows it without a long prefill.
+    with running_server("--ctx-size", "1024", "--parallel", "1", "--no-embeddings", tmp=tmp_path) as server:
+        client = server.client()
+        with pytest.raises(openai.BadRequestError) as info:
+            client.responses.create(model=MODEL, input=history, max_output_tokens=4)  # type: ignore[arg-type]
+        assert isinstance(info.value.body, dict) and info.value.body["code"] == "context_length_exceeded"
+        kept = client.responses.create(
+            model=MODEL,
+            input=history,  # type: ignore[arg-type]
+            truncation="auto",
+            max_output_tokens=4,
+            store=False,
+        )
+        assert kept.status in ("completed", "incomplete") and kept.truncation == "auto"
+        assert kept.usage is not None and 300 < kept.usage.input_tokens < 1024
 
 
 # ---------------------------------------------------------------------- stored responses

@@ -147,7 +147,7 @@ def test_malformed_json_is_400(http: httpx.Client, raw: bytes) -> None:
 
 
 def test_context_length_exceeded(http: httpx.Client) -> None:
-    long = "word " * 5000
+    long = "word " * 9000
     err = _error(
         http.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": long}])), 400
     )

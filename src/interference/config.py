@@ -174,6 +174,8 @@ class OpenAIDeployment(UpstreamDeployment):
     """An upstream OpenAI-compatible endpoint (vLLM, SGLang, Ollama, llama-server, OpenAI)."""
 
     type: Literal["openai"] = "openai"
+    # It serves /v1/responses itself: Responses requests go to it untranslated (docs/gateway.md).
+    responses: bool = False
 
 
 class AnthropicDeployment(UpstreamDeployment):

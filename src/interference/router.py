@@ -25,7 +25,8 @@ Each deployment gets a request at most once, and the transport never sends it ag
 that broke before any response) may leave work, and a bill, at the failed deployment: the price of
 answering the client, which has received nothing yet, paid at most once per deployment.
 
-Every entry point shares these rules: streams (chat, completions, Anthropic messages) through
+Every entry point shares these rules: streams (chat, completions, Anthropic messages, native
+Responses among the deployments that serve /v1/responses) through
 ``_open``, single calls (embeddings, count_tokens) through ``_call``.
 """
 
@@ -37,7 +38,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import InterferenceError, InvalidRequest, ModelNotFound, Overloaded, UpstreamError
 from .protocol import (
@@ -247,6 +248,18 @@ class Router:
         """Anthropic Messages: native events from Anthropic upstreams, chat deltas from the others."""
         return self._open(request.model, lambda p, m: p.messages(request, model=m))
 
+    async def serves_responses(self, name: str) -> bool:
+        """Whether /v1/responses for this model goes through natively: one of its deployments serves it."""
+        return any(d.provider.serves_responses for d in (await self.find(name)).deployments)
+
+    def responses(self, name: str, body: dict[str, Any], *, stream: bool) -> AsyncIterator[MessageEvent]:
+        """A Responses body forwarded untranslated, with failover across the deployments that serve it."""
+        return self._open(
+            name,
+            lambda p, m: p.responses(body, model=m, stream=stream),
+            only=lambda p: p.serves_responses,
+        )
+
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         return await self._call(request.model, lambda p, m: p.embed(request, model=m))
 
@@ -289,10 +302,13 @@ class Router:
         self,
         name: str,
         call: Callable[[Provider, str], AsyncIterator[ItemT]],
+        only: Callable[[Provider], bool] | None = None,
     ) -> AsyncIterator[ItemT]:
         route = await self.find(name)
         last_error: InterferenceError | None = None
         for deployment in route.ordered(self._clock()):
+            if only is not None and not only(deployment.provider):
+                continue
             stream = call(deployment.provider, deployment.model)
             deployment.outstanding += 1
             started = False
@@ -323,5 +339,6 @@ class Router:
             finally:
                 deployment.outstanding -= 1
                 await aclose_stream(stream)
-        assert last_error is not None
+        if last_error is None:  # ``only`` left no deployment to try
+            raise InvalidRequest(f"No deployment of '{name}' can serve this request.", param="model")
         raise last_error

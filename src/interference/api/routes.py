@@ -110,10 +110,12 @@ async def embeddings(request: Request) -> Response:
 @api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
 async def responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
-    serving = _state(request).responses
-    return await with_cancellation(
-        request, serving.create(body, record=_record(request, body.model), owner=_owner(request))
-    )
+    state, record, owner = _state(request), _record(request, body.model), _owner(request)
+    if await state.router.serves_responses(body.model):  # an upstream that serves it: untranslated
+        work = state.native_responses.create(body, await request.body(), record=record, owner=owner)
+    else:
+        work = state.responses.create(body, record=record, owner=owner)
+    return await with_cancellation(request, work)
 
 
 @api_router.get("/responses/{response_id}")

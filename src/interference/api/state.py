@@ -11,6 +11,7 @@ from .completions import CompletionServing
 from .embeddings import EmbeddingServing
 from .messages import MessagesServing
 from .responses import ResponseServing
+from .responses_native import NativeResponseServing
 from .shutdown import Shutdown
 from .stored_responses import StoredResponses
 
@@ -24,6 +25,7 @@ class AppState:
     completions: CompletionServing
     embeddings: EmbeddingServing
     responses: ResponseServing
+    native_responses: NativeResponseServing
     stored_responses: StoredResponses
     messages: MessagesServing
     shutdown: Shutdown
@@ -37,6 +39,7 @@ class AppState:
             completions=CompletionServing(router, shutdown),
             embeddings=EmbeddingServing(router),
             responses=ResponseServing(router, shutdown, store),
+            native_responses=NativeResponseServing(router, shutdown, store),
             stored_responses=StoredResponses(store),
             messages=MessagesServing(router, shutdown),
             shutdown=shutdown,

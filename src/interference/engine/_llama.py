@@ -121,18 +121,17 @@ class LlamaRuntime:
         self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(C.llama_model_n_ctx_train(self._model))
 
-        # n_ctx 0: default_ctx_per_seq per sequence; never more per sequence than the model was trained on.
-        per_seq = n_ctx // n_seq if n_ctx else default_ctx_per_seq
-        if self.n_ctx_train > 0:
-            per_seq = min(per_seq, self.n_ctx_train)
+        # One KV pool shared by the sequences (n_ctx 0: default_ctx_per_seq for each of them); any one
+        # sequence may use up to the model's trained context of it.
+        pool = n_ctx if n_ctx else default_ctx_per_seq * n_seq
         cparams = C.llama_context_default_params()
-        cparams.n_ctx = per_seq * n_seq
+        cparams.n_ctx = pool
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
         cparams.n_seq_max = n_seq
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        cparams.kv_unified = False
+        cparams.kv_unified = True
         cparams.no_perf = True
         if cache_type != "f16":
             # A quantized KV cache halves (q8_0) or quarters (q4_0) its memory; llama.cpp needs flash
@@ -146,7 +145,8 @@ class LlamaRuntime:
         self._mem = C.llama_get_memory(self._ctx)
         self.n_ctx = int(C.llama_n_ctx(self._ctx))
         self.n_seq = int(C.llama_n_seq_max(self._ctx))
-        self.n_ctx_seq = int(C.llama_n_ctx_seq(self._ctx))
+        # The longest one sequence may be: the whole pool, never more than the model was trained on.
+        self.n_ctx_seq = min(self.n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else self.n_ctx
         self.n_batch = int(C.llama_n_batch(self._ctx))
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self.batch_size = 0
@@ -276,9 +276,8 @@ class LlamaRuntime:
     def seq_copy(self, src: int, dst: int) -> None:
         """Make ``dst`` hold everything ``src`` holds (whole sequences only).
 
-        With ``kv_unified=False`` each sequence has its own buffer, and llama.cpp aborts the process on a
-        partial range. The data moves at the start of the next ``decode``; until then ``src``'s buffer must
-        not be overwritten and ``dst``'s must not be read or written as state.
+        In the unified pool the copy shares the cells (no data moves); it is still treated as pending
+        until the next ``decode``, so ``src`` and ``dst`` are not read or replaced as state before it.
         """
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 

@@ -149,6 +149,7 @@ class Engine:
         i = self.info
         return (
             f"{model_id_for(i.path)} ({i.n_params / 1e6:.0f}M params, {i.size_bytes / 2**20:.0f} MiB) "
-            f"in {self.load_seconds:.2f} s; {self.config.parallel} slots x {self.n_ctx_seq} tokens, "
+            f"in {self.load_seconds:.2f} s; {self.config.parallel} slots sharing {self.runtime.n_ctx} tokens "
+            f"(up to {self.n_ctx_seq} each), "
             f"{self.threads} threads, prompt cache {self.config.cache_ram} MiB"
         )

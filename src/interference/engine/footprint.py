@@ -119,11 +119,13 @@ def probe_gguf(path: Path) -> GgufFacts:
 
 
 def context_tokens(facts: GgufFacts, *, ctx_size: int, parallel: int, default_per_slot: int) -> int:
-    """The context llama.cpp will allocate, as ``LlamaRuntime`` sizes it."""
-    per_seq = ctx_size // parallel if ctx_size else default_per_slot
-    if facts.n_ctx_train > 0:
-        per_seq = min(per_seq, facts.n_ctx_train)
-    return per_seq * parallel
+    """The KV pool llama.cpp will allocate, as ``LlamaRuntime`` sizes it (shared by the slots)."""
+    return ctx_size if ctx_size else default_per_slot * parallel
+
+
+def sequence_tokens(facts: GgufFacts, pool: int) -> int:
+    """The longest one sequence may be in a pool of ``pool`` cells (at most the model's trained context)."""
+    return min(pool, facts.n_ctx_train) if facts.n_ctx_train > 0 else pool
 
 
 def estimate_footprint(

@@ -107,6 +107,11 @@ class Placement:
         empty = [s for s in free if not s.tokens]
         return empty[0] if empty else min(free, key=lambda s: s.last_used)
 
+    def forget(self, slot: Slot) -> None:
+        """Drop an idle slot's KV, giving its cells back to the pool."""
+        self._rt.seq_clear(slot.seq)
+        slot.tokens.clear()
+
     def copy_seq(self, src: int, dst: int) -> None:
         self._rt.seq_copy(src, dst)
         self.pending_copy.update((src, dst))

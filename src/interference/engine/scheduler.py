@@ -20,6 +20,7 @@ import numpy as np
 from ._llama import LlamaRuntime
 from .detok import StopMatcher
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
+from .kv_pool import KvPool
 from .placement import Placement
 from .sampling import CandidateBuffer, Sampler
 from .slots import EngineStats, Job, Phase, Slot
@@ -59,6 +60,7 @@ class Scheduler:
         self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
         self._placement = Placement(runtime, self._slots, self.stats, cache_bytes=cache_bytes)
+        self._pool = KvPool(runtime.n_ctx, self._slots, self._placement)
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -284,6 +286,7 @@ class Scheduler:
     def _step(self) -> None:
         rt = self._rt
         rt.batch_clear()
+        free = self._room()
         active = [s for s in self._slots if s.job is not None]
         n_decode = 0
         for slot in active:
@@ -298,13 +301,13 @@ class Scheduler:
         # (never less than MIN_PREFILL tokens, so waiting prompts progress however many streams decode).
         budget = (rt.n_batch if n_decode == 0 else self._prefill_chunk) - n_decode
         budget = max(budget, min(MIN_PREFILL, rt.n_batch - n_decode))
-        for slot in sorted(active, key=lambda s: s.job.handle.deadline if s.job else 0.0):
-            job = slot.job
-            assert job is not None
-            if job.phase is not Phase.PREFILL or job.leader is not None or budget <= 0:
-                continue
+        room = free - n_decode  # cells left in the pool for prompts, reserved in arrival order
+        for slot, job, left in self._pool.prefill_order(active):
+            room -= left
+            if room < 0 or budget <= 0:
+                continue  # it waits for room: the prompts ahead of it keep theirs
             prompt = job.handle.request.prompt
-            take = min(len(prompt) - job.cursor, budget)
+            take = min(left, budget)
             pos = len(slot.tokens)
             for k in range(take):
                 last = job.cursor + k == len(prompt) - 1
@@ -319,6 +322,8 @@ class Scheduler:
         self._flush()
         started = time.perf_counter()
         rc = rt.decode()
+        if rc == 1 and self._pool.make_room(self._pool.size) > 0:
+            rc = rt.decode()  # no contiguous room for the batch: idle slots gave theirs back, once more
         self.stats.decode_seconds += time.perf_counter() - started
         self.stats.steps += 1
         if rc != 0:
@@ -342,6 +347,22 @@ class Scheduler:
                 if job.phase is Phase.PREFILL:
                     self._share_prompt(slot, job)
                 self._on_token(slot, job, token)
+
+    def _room(self) -> int:
+        """Free cells in the KV pool for this step: idle slots give theirs back as needed, and if the
+        generating streams alone no longer fit, the longest is finished ("length")."""
+        active = [s for s in self._slots if s.job is not None]
+        decoding = sum(1 for s in active if s.job is not None and s.job.phase is Phase.GENERATE)
+        prompts = sum(left for _, _, left in self._pool.prefill_order(active))
+        free = self._pool.make_room(decoding + prompts)
+        while free < decoding:
+            longest = self._pool.longest_generating(active)
+            assert longest is not None and longest.job is not None
+            self._finish(longest, longest.job, "", FinishReason.LENGTH)
+            active.remove(longest)
+            decoding -= 1
+            free = self._pool.make_room(decoding + prompts)
+        return free
 
     def _sample(self, job: Job, row: int) -> int:
         rt = self._rt
@@ -415,6 +436,11 @@ class Scheduler:
                 )
                 self._emit(job.handle, output)
             return
+        self._finish(slot, job, text, finish)
+
+    def _finish(self, slot: Slot, job: Job, text: str, finish: FinishReason) -> None:
+        """End ``job`` with ``finish``: the text still held back goes out with the final output."""
+        req = job.handle.request
         if not job.stops.stopped:
             text += job.stops.feed(job.detok.flush())
             text += job.stops.flush()

@@ -76,7 +76,8 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
-    """One Anthropic Messages event (or, named ``message``, a whole message) from a native upstream."""
+    """One event of a native upstream, relayed untranslated: an Anthropic Messages event (or, named
+    ``message``, a whole message), or a Responses event (or, named ``response``, a whole response)."""
 
     name: str
     data: dict[str, Any]
@@ -161,6 +162,19 @@ class Provider(abc.ABC):
     def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
         """Anthropic's Messages API, translated to chat; native backends yield ``MessageEvent``s."""
         return self.chat(chat_from_messages(request), model=model)
+
+    @property
+    def serves_responses(self) -> bool:
+        """Whether ``responses`` forwards /v1/responses natively (an upstream that says it serves it)."""
+        return False
+
+    def responses(self, body: dict[str, Any], *, model: str, stream: bool) -> AsyncIterator[MessageEvent]:
+        """A Responses request body as sent (``model`` replaced), answered untranslated.
+
+        Only backends whose ``serves_responses`` is true are asked; the others serve /v1/responses
+        through ``chat``, translated by the serving layer.
+        """
+        raise InvalidRequest(f"The model '{body.get('model')}' does not serve /v1/responses natively.")
 
     async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
         """The prompt's size in tokens, tools and system included, as ``messages`` would count it."""

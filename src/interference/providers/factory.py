@@ -12,6 +12,7 @@ from ..config import (
     EngineOptions,
     LocalDeployment,
     ModelEntry,
+    OpenAIDeployment,
     Settings,
     UpstreamDeployment,
 )
@@ -88,6 +89,10 @@ def _provider(
         shared.pool = UpstreamPool()
     if isinstance(deployment, AnthropicDeployment):
         return AnthropicProvider(deployment, pool=shared.pool)
+    if isinstance(deployment, OpenAIDeployment) and deployment.responses:
+        from .openai_responses import ResponsesUpstreamProvider
+
+        return ResponsesUpstreamProvider(deployment, pool=shared.pool)
     return UpstreamProvider(deployment, pool=shared.pool)
 
 

@@ -22,7 +22,7 @@ from ..engine import Engine, EngineConfig, ModelLoadError, embedded_model_path
 from ..engine.chat_template import ChatTemplate, TemplateError
 from ..engine.cpu import CpuInfo, choose_repack
 from ..engine.engine import DEFAULT_CTX_PER_SLOT
-from ..engine.footprint import MIB, estimate_footprint, probe_gguf
+from ..engine.footprint import MIB, estimate_footprint, probe_gguf, sequence_tokens
 from ..errors import InsufficientMemory, ModelLoadTimeout, ServiceUnavailable
 from ..protocol import ChatCompletionRequest, CompletionRequest, CountTokensRequest, MessagesRequest
 from .base import (
@@ -305,7 +305,7 @@ class ManagedLocalProvider(Provider):
         status = {LoadState.LOADING: "loading", LoadState.UNLOADED: "unloaded"}.get(self.state, "loaded")
         return ModelState(
             status=status,  # type: ignore[arg-type]
-            context_length=self.footprint.n_ctx // self._options.parallel,
+            context_length=sequence_tokens(self.facts, self.footprint.n_ctx),
             size_mb=round(self.facts.file_bytes / MIB, 1),
             memory_mb=self.memory_mib,
         )
