@@ -178,6 +178,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--llama-server", help="path to llama-server (default: build/cached)")
     p.add_argument("--retries", type=int, default=3, help="redos of a start or round disturbed by load")
     p.add_argument("--wait-quiet", type=float, default=120.0, help="max s to wait for an idle CPU")
+    p.add_argument("--kv-unified", action="store_true", help="llama-server gets --kv-unified")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-interference", action="store_true")
     return p.parse_args()
@@ -197,7 +198,7 @@ def main() -> None:
         binary = llama_server_binary(args.llama_server)
         port = free_port()
         ctx = str(2048 * args.parallel)
-        extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_]
+        extra = ["-t", t, "-tb", t, "-c", ctx, "-np", np_, *(["--kv-unified"] if args.kv_unified else [])]
         plan.append(("llama-server", llama_server_cmd(binary, embedded_gguf(), port, extra), port))
     if not plan:
         sys.exit("nothing to run")

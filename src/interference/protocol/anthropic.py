@@ -99,8 +99,15 @@ ContentBlock = Annotated[
 
 
 class InputMessage(WireModel):
-    role: Literal["user", "assistant"]
+    # Claude Code puts "system" messages (reminders) between the turns.
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(block.text for block in self.content if isinstance(block, TextBlock))
 
 
 class AnthropicTool(WireModel):

@@ -125,10 +125,16 @@ def _assistant_message(content: list[Any], where: str) -> dict[str, Any]:
 
 def _chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
-    if request.system is not None:
-        messages.append({"role": "system", "content": request.system_text})
+    # System messages between the turns join the system prompt: many chat templates and servers accept a
+    # system message only at the start.
+    system = [request.system_text] if request.system is not None else []
+    system += [m.text for m in request.messages if m.role == "system"]
+    if system:
+        messages.append({"role": "system", "content": "\n\n".join(system)})
     for i, message in enumerate(request.messages):
         where = f"messages[{i}].content"
+        if message.role == "system":
+            continue
         if isinstance(message.content, str):
             messages.append({"role": message.role, "content": message.content})
         elif message.role == "user":
