@@ -393,16 +393,16 @@ def test_embeddings_reserve_their_prompt_only_and_every_route_sends_the_same_hea
         auth = {"Authorization": f"Bearer {key}"}
         msg = httpx.post(
             f"{server.url}/v1/messages",
-            json={"model": "gpt-4o-mini", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+            json={"model": "gpt-4o-mini", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]},
             headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
             timeout=60,
         )
         assert msg.status_code == 429 and msg.json()["error"]["type"] == "rate_limit_error"
-        routes = {
+        routes = {  # each reserves more than the ~60 tokens left
             "/v1/chat/completions": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
             "/v1/completions": {"model": "gpt-4o-mini", "prompt": "hi"},
             "/v1/responses": {"model": "gpt-4o-mini", "input": "hi"},
-            "/v1/embeddings": {"model": "text-embedding-3-small", "input": text},
+            "/v1/embeddings": {"model": "text-embedding-3-small", "input": text * 4},
         }
         names = {"x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"}
         for path, body in routes.items():

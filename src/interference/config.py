@@ -292,7 +292,7 @@ class Settings(BaseSettings, EngineOptions):
         ),
     ] = None
     memory_budget: Annotated[
-        Annotated[int, Field(ge=1)] | Literal["auto"] | None,
+        Annotated[int, Field(ge=1)] | str | None,  # str: only "auto" (parse_budget turns the rest)
         BeforeValidator(parse_budget),
         flag(
             "--memory-budget", metavar="SIZE", group="models",
