@@ -164,7 +164,8 @@ def test_a_budget_for_two_models_with_the_default_prompt_cache_evicts_for_a_thir
     pinned = _place(tmp_path / "pinned.gguf")
     config = tmp_path / "models.toml"
     config.write_text(  # no engine keys: --parallel 1 from the command line applies; "short" sets its own
-        f'[[models]]\nname = "keeper"\npin = true\n[[models.deployments]]\ntype = "local"\npath = "{pinned}"\n'
+        f'[[models]]\nname = "keeper"\npin = true\n'
+        f'[[models.deployments]]\ntype = "local"\npath = "{pinned}"\n'
         f'[[models]]\nname = "short"\n[[models.deployments]]\ntype = "local"\n'
         f'path = "{models_dir / "gamma.gguf"}"\nctx_size = 1024\n'
     )
