@@ -4,12 +4,15 @@ Three GGUFs sit in a models dir: the embedded Q4_1 model, its Q8_0 and Q4_0 requ
 and cached). One server serves them with ``--lazy`` and a budget that holds two of them but not three.
 The script measures the server's resident memory (VmRSS) with nothing loaded (the base overhead), then
 sends one short chat request to each model in turn, 20 switches, reading the RSS after each; then it
-unloads a model and reads the RSS again. Prints one JSON object: every RSS, the largest against
-budget + base (the ratio must stay <= 1), evictions from /metrics, and what an unload gave back.
+unloads a model and reads the RSS again. Then the load phase: ``--clients`` threads send requests to the
+three models at once (each client cycles through them) while a sampler reads the RSS from /proc every
+20 ms; the prompt cache runs at its default size (one pool for all models, inside the budget). Prints one
+JSON object: every RSS, the largest against the budget (and budget + base), evictions from /metrics,
+what an unload gave back, and for the load phase the sampled peak and the requests refused.
 
 Usage::
 
-    python bench/model_budget.py [--switches 20] [--parallel 1] [--cache-ram 0]
+    python bench/model_budget.py [--switches 20] [--parallel 1] [--cache-ram 2048] [--clients 6]
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,47 @@ def metric(client: httpx.Client, name: str) -> float:
     return total
 
 
+def under_load(base_url: str, pid: int, names: list[str], clients: int, rounds: int) -> dict[str, Any]:
+    """``clients`` threads, each sending ``rounds`` requests across the models; RSS sampled meanwhile."""
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(rss_mb(pid))
+            time.sleep(0.02)
+
+    def client_run(index: int) -> list[int]:
+        codes = []
+        with httpx.Client(base_url=base_url, timeout=300) as client:
+            for r in range(rounds):
+                body = {
+                    "model": names[(index + r) % len(names)],
+                    "messages": [{"role": "user", "content": f"Client {index}, round {r}: say hi."}],
+                    "max_tokens": 16,
+                }
+                codes.append(client.post("/v1/chat/completions", json=body).status_code)
+        return codes
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            codes = [c for run in pool.map(client_run, range(clients)) for c in run]
+    finally:
+        done.set()
+        sampler.join()
+    return {
+        "seconds": time.perf_counter() - started,
+        "requests": len(codes),
+        "answered": codes.count(200),
+        "refused": len(codes) - codes.count(200),
+        "rss_samples": len(samples),
+        "max_rss_mib": max(samples),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,9 +125,11 @@ def main() -> None:
     parser.add_argument(
         "--cache-ram",
         type=int,
-        default=0,
-        help="prompt cache MiB per model (default 0: the budget then covers what the models hold)",
+        default=2048,
+        help="MiB of the prompt cache all models share, inside the budget (default 2048)",
     )
+    parser.add_argument("--clients", type=int, default=6, help="concurrent clients in the load phase")
+    parser.add_argument("--rounds", type=int, default=6, help="requests per client in the load phase")
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -129,6 +177,10 @@ def main() -> None:
             before_unload = rss_mb(srv.proc.pid)
             client.post(f"/v1/models/{loaded[0]}/unload").raise_for_status()
             after_unload = rss_mb(srv.proc.pid)
+            load = under_load(srv.base_url, srv.proc.pid, names, args.clients, args.rounds)
+            memory = client.get("/v1/models").json().get("memory", {})
+            load["max_rss / budget"] = ratio(load["max_rss_mib"], budget)
+            load["max_rss_within_budget"] = load["max_rss_mib"] <= budget
             result.update(
                 {
                     "base_overhead_mib": base,
@@ -145,6 +197,9 @@ def main() -> None:
                     "rss_mib_after_unload": after_unload,
                     "unload_gave_back_mib": before_unload - after_unload,
                     "unload_gave_back / estimate": ratio(before_unload - after_unload, estimates[loaded[0]]),
+                    "max_rss / budget": ratio(max(rss), budget),
+                    "under_load": load,
+                    "memory_after": memory,
                 }
             )
     finally:

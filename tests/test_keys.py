@@ -147,6 +147,7 @@ def test_rpm_admits_exactly_the_limit_and_refusals_do_not_count(keyed: Keyed) ->
     assert [r.status_code for r in statuses] == [200, 200, 200, 429, 429]
     refused = statuses[3]
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.json()["error"]["type"] == "requests"  # OpenAI's type for a requests-per-minute limit
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert statuses[2].headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-limit-requests"] == "3"
@@ -171,6 +172,8 @@ def test_tpm_reserves_max_tokens_and_settles(keyed: Keyed) -> None:
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=700
         )
     assert info.value.code == "rate_limit_exceeded"
+    assert info.value.type == "tokens"  # OpenAI's type for a tokens-per-minute limit
+    assert "(TPM): Limit 600" in info.value.message
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=200
     )
@@ -362,3 +365,49 @@ def test_embeddings_count_against_rpm_and_model_admin_routes_need_admin(tmp_path
             timeout=120,
         )
         assert allowed.status_code == 200, allowed.text
+
+
+def test_embeddings_reserve_their_prompt_only_and_every_route_sends_the_same_headers(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    key = add_key(keys_file, "embed", "--tpm", "200", "--rpm", "50")
+    args = ("--keys-file", str(keys_file), "--usage-db", str(tmp_path / "usage.db"), "--parallel", "1")
+    with running_server(*args, tmp=tmp_path) as server:
+        fresh_window()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        text = "the quick brown fox jumps over the lazy dog " * 3  # about 35 tokens
+        admitted: list[int] = []  # the tokens left after each admitted request
+        with pytest.raises(openai.RateLimitError) as caught:
+            for _ in range(20):
+                raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=text)
+                assert raw.headers["x-ratelimit-limit-tokens"] == "200"
+                assert raw.headers["x-ratelimit-limit-requests"] == "50"
+                admitted.append(int(raw.headers["x-ratelimit-remaining-tokens"]))
+        # No completion budget is reserved: several ~35-token requests fit in 200 before the refusal.
+        assert len(admitted) >= 3 and admitted == sorted(admitted, reverse=True)
+        assert caught.value.code == "rate_limit_exceeded" and caught.value.type == "tokens"
+        refused = caught.value.response
+        assert refused.headers["x-ratelimit-limit-tokens"] == "200"
+        assert int(refused.headers["x-ratelimit-remaining-tokens"]) < 60
+
+        # The same headers on every route, for the limits the key has; Anthropic's envelope on its route.
+        auth = {"Authorization": f"Bearer {key}"}
+        msg = httpx.post(
+            f"{server.url}/v1/messages",
+            json={"model": "gpt-4o-mini", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+            timeout=60,
+        )
+        assert msg.status_code == 429 and msg.json()["error"]["type"] == "rate_limit_error"
+        routes = {  # each reserves more than the ~60 tokens left
+            "/v1/chat/completions": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            "/v1/completions": {"model": "gpt-4o-mini", "prompt": "hi"},
+            "/v1/responses": {"model": "gpt-4o-mini", "input": "hi"},
+            "/v1/embeddings": {"model": "text-embedding-3-small", "input": text * 4},
+        }
+        names = {"x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"}
+        for path, body in routes.items():
+            reply = httpx.post(f"{server.url}{path}", json=body, headers=auth, timeout=60)
+            assert reply.status_code == 429, (path, reply.text)
+            assert reply.json()["error"]["type"] == "tokens", path
+            assert names <= set(reply.headers), (path, reply.headers)
+            assert names <= set(msg.headers)

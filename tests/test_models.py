@@ -35,10 +35,11 @@ def _place(target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def one_model_mib() -> int:
-    """The estimate the server will make for one copy served with one slot."""
+    """The estimate the server will make for one copy served with one slot (the prompt cache is one
+    pool for all models, not part of any model's estimate)."""
     quiet_llama_logs()
     facts = probe_gguf(embedded_model_path())
-    options = EngineOptions()  # the prompt cache's default size counts in full
+    options = EngineOptions()
     return estimate_footprint(
         facts, ctx_size=0, parallel=1, batch_size=512, cache_type="f16", cache_ram_mib=options.cache_ram
     ).total_mib
@@ -148,6 +149,68 @@ def test_idle_models_are_evicted_least_recently_used_first_but_never_a_pinned_on
         assert _counter(server, "interference_model_evictions_total", "alpha") == 1
         assert _counter(server, "interference_model_evictions_total", "keeper") == 0
         assert server.metrics()["interference_models_loaded"] == 3
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_budget_for_two_models_with_the_default_prompt_cache_evicts_for_a_third(
+    models_dir: Path, tmp_path: Path, one_model_mib: int
+) -> None:
+    pinned = _place(tmp_path / "pinned.gguf")
+    config = tmp_path / "models.toml"
+    config.write_text(  # no engine keys: --parallel 1 from the command line applies; "short" sets its own
+        f'[[models]]\nname = "keeper"\npin = true\n'
+        f'[[models.deployments]]\ntype = "local"\npath = "{pinned}"\n'
+        f'[[models]]\nname = "short"\n[[models.deployments]]\ntype = "local"\n'
+        f'path = "{models_dir / "gamma.gguf"}"\nctx_size = 1024\n'
+    )
+    budget = 2 * one_model_mib + one_model_mib // 2  # room for two, with the default --cache-ram (2048)
+    args = ("--lazy", "--config", str(config), "--memory-budget", f"{budget}MiB", "--load-timeout", "2")
+    with _serve(models_dir, tmp_path, *args) as server, server.http() as http:
+        peak = _rss_mib(server.process.pid)
+        cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+        assert cards["keeper"]["memory_mb"] == cards["alpha"]["memory_mb"] == one_model_mib  # one slot
+        assert cards["short"]["context_length"] == 1024  # its own key over the command line's
+
+        for model in ("keeper", "alpha"):
+            assert _chat(http, model).status_code == 200
+            peak = max(peak, _rss_mib(server.process.pid))
+        memory = http.get("/v1/models").json()["memory"]
+        assert memory["budget_mb"] == budget and not memory["budget_auto"]
+        assert memory["models_mb"] == 2 * one_model_mib and memory["kv_mb"] > 0
+        assert memory["prompt_cache_limit_mb"] <= budget - memory["models_mb"]
+
+        assert _chat(http, "beta").status_code == 200  # alpha, the least recently used unpinned, goes
+        statuses = _statuses(http)
+        assert (statuses["keeper"], statuses["alpha"], statuses["beta"]) == ("loaded", "unloaded", "loaded")
+        loaded = http.post("/v1/models/alpha/load")  # the load route evicts beta the same way
+        assert loaded.status_code == 200 and loaded.json()["status"] == "loaded"
+        assert _statuses(http)["beta"] == "unloaded"
+        peak = max(peak, _rss_mib(server.process.pid))
+        with ThreadPoolExecutor(4) as pool:  # concurrent first requests of the evicted model share one load
+            replies = list(pool.map(lambda _: _chat(http, "beta"), range(4)))
+        assert [r.status_code for r in replies] == [200] * 4
+        assert _counter(server, "interference_model_loads_total", "beta") == 2
+        peak = max(peak, _rss_mib(server.process.pid))
+
+        metrics = server.metrics()
+        assert metrics["interference_memory_budget_bytes"] == budget * 2**20
+        assert metrics["interference_memory_models_bytes"] <= budget * 2**20
+        assert metrics["interference_model_evictions_total"] == 3  # alpha, beta, alpha again
+        assert _statuses(http)["keeper"] == "loaded"  # pinned: never evicted
+        assert peak < budget, f"peak RSS {peak:.0f} MiB over the budget of {budget} MiB"
+
+
+def test_a_plain_serve_has_an_auto_budget(server: RunningServer) -> None:
+    memory = httpx.get(f"{server.url}/v1/models", timeout=10).json()["memory"]
+    assert memory["budget_auto"] and memory["budget_mb"] > memory["models_mb"] > 0
+    line = next(line for line in server.log.splitlines() if "serving on" in line)
+    assert "memory budget" in line and "auto" in line
 
 
 def test_an_idle_model_unloads_after_its_ttl(models_dir: Path, tmp_path: Path) -> None:

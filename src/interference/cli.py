@@ -14,6 +14,10 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, setting_flags
+from .memory_budget import AUTO_SHARE
+
+if typing.TYPE_CHECKING:
+    from .protocol import MemoryReport
 
 __all__ = ["main"]
 
@@ -219,13 +223,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     port = sock.getsockname()[1]
     logger.info(
-        "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s",
+        "serving on http://%s:%d (OpenAI API at /v1 and /); ready in %.2f s; %s",
         settings.host,
         port,
         time.perf_counter() - started,
+        _memory_line(app.state.interference.router.memory(), settings.memory_budget),
     )
     serve(app, sock, settings, access_log=False)  # ours (api/request_log.py) replaces uvicorn's
     return 0
+
+
+def _memory_line(report: MemoryReport | None, asked: int | str | None) -> str:
+    """The memory budget and its use, for the start-up line."""
+    if report is None or report.budget_mb is None:
+        return "no memory budget"
+    how = f"auto: {AUTO_SHARE:.0%} of the RAM available" if asked == "auto" else "--memory-budget"
+    return (
+        f"memory budget {report.budget_mb} MiB ({how}): models {report.models_mb} MiB "
+        f"(KV {report.kv_mb} MiB), prompt cache {report.prompt_cache_mb} MiB of up to "
+        f"{report.prompt_cache_limit_mb} MiB, {report.evictions} evicted"
+    )
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from .flags import Flag, flag
+from .memory_budget import parse_budget
 
 __all__ = [
     "CLAUDE_ALIASES",
@@ -293,14 +294,14 @@ class Settings(BaseSettings, EngineOptions):
         ),
     ] = None
     memory_budget: Annotated[
-        int | None,
-        Field(ge=1),
+        Annotated[int, Field(ge=1)] | str | None,  # str: only "auto" (parse_budget turns the rest)
+        BeforeValidator(parse_budget),
         flag(
-            "--memory-budget", metavar="MIB", group="models",
-            help="local models loaded at once fit in this many MiB; "
-            "idle ones unload, least recently used first",
+            "--memory-budget", metavar="SIZE", group="models",
+            help="host memory for local models, their KV and the shared prompt cache: MiB, a size "
+            "(400MB, 2GiB), off, or auto (default: auto, 75%% of the RAM available at start-up)",
         ),
-    ] = None  # fmt: skip
+    ] = "auto"  # fmt: skip
     model_ttl: Annotated[
         float,
         Field(ge=0),

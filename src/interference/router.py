@@ -46,6 +46,7 @@ from .protocol import (
     CompletionRequest,
     CountTokensRequest,
     EmbeddingRequest,
+    MemoryReport,
     MessagesRequest,
     ModelCard,
 )
@@ -146,8 +147,10 @@ class Router:
         *,
         clock: Callable[[], float] = time.monotonic,
         discover: Callable[[], list[Route]] | None = None,
+        memory: Callable[[], MemoryReport] | None = None,
     ) -> None:
         self._routes: list[Route] = []
+        self._memory = memory
         self._by_name: dict[str, Route] = {}
         self._add(routes)
         self._clock = clock
@@ -214,6 +217,10 @@ class Router:
             cards.append(self._card(route.name, route))
             cards.extend(self._card(a, route) for a in route.aliases if self._by_name[a] is route)
         return cards
+
+    def memory(self) -> MemoryReport | None:
+        """The local models' memory budget and its use; None without local models on demand."""
+        return self._memory() if self._memory is not None else None
 
     def card(self, name: str) -> ModelCard:
         return self._card(name, self.resolve(name))

@@ -123,8 +123,9 @@ class KeyStore:
                 logger.warning("keys file not reloaded, the previous keys stay: %s", exc)
 
 
-def _reserve(body: bytes) -> tuple[str | None, int]:
-    """The model asked for and the tokens to reserve: prompt estimate (bytes / 4) plus max_tokens."""
+def _reserve(body: bytes, *, generates: bool = True) -> tuple[str | None, int]:
+    """The model asked for and the tokens to reserve: prompt estimate (bytes / 4), plus max_tokens
+    when the route generates (embeddings produce no tokens, so they reserve the prompt only)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -132,10 +133,10 @@ def _reserve(body: bytes) -> tuple[str | None, int]:
     if not isinstance(data, dict):
         return None, len(body) // 4 + 1
     model = data.get("model")
-    limit = DEFAULT_COMPLETION_RESERVE
+    limit = DEFAULT_COMPLETION_RESERVE if generates else 0
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = data.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if generates and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             limit = value
             break
     return (model if isinstance(model, str) else None), len(body) // 4 + 1 + limit
@@ -226,7 +227,7 @@ class AccessMiddleware:
             spec = caller.spec
             if spec is not None and scope["method"] == "POST" and (path in GENERATING or path in MODEL_ONLY):
                 body, messages = await _read_body(receive)
-                model, reserve = _reserve(body)
+                model, reserve = _reserve(body, generates=not path.endswith("/embeddings"))
                 if model is not None and not spec.allows(model, self._canonical(model)):
                     status = 403
                     await response_for(scope, ModelNotAllowed(model))(scope, receive, send)

@@ -149,6 +149,35 @@ class _LifecycleCollector(Collector):
         yield from (loaded, loads, unloads, evictions, seconds)
 
 
+class _MemoryCollector(Collector):
+    """The memory budget of the local models and what uses it (``MemoryReport``), in bytes."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._router.memory()
+        if report is None:
+            return
+        mib = float(2**20)
+        parts = {
+            "budget": (report.budget_mb or 0, "The memory budget (0: none)"),
+            "models": (report.models_mb, "Weights, KV and compute buffers of the local models in memory"),
+            "kv": (report.kv_mb, "KV pools of the local models in memory"),
+            "prompt_cache": (report.prompt_cache_mb, "Held by the prompt cache all local engines share"),
+            "prompt_cache_limit": (report.prompt_cache_limit_mb, "What the shared prompt cache may hold now"),
+        }
+        for part, (value, text) in parts.items():
+            gauge = GaugeMetricFamily(f"interference_memory_{part}_bytes", text)
+            gauge.add_metric([], value * mib)
+            yield gauge
+        released = CounterMetricFamily(
+            "interference_memory_prompt_cache_released_bytes", "Prompt cache bytes given back to load models"
+        )
+        released.add_metric([], report.prompt_cache_released_mb * mib)
+        yield released
+
+
 class Metrics:
     """One registry per app (no global state)."""
 
@@ -166,6 +195,7 @@ class Metrics:
         )
         self.registry.register(_EngineCollector(router))
         self.registry.register(_LifecycleCollector(router))
+        self.registry.register(_MemoryCollector(router))
 
     def render(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..protocol import ModelCard, ModelList
+from ..protocol import MemoryReport, ModelCard, ModelList
 
 __all__ = ["model_card", "model_list"]
 
@@ -26,9 +26,14 @@ def _anthropic_card(card: ModelCard) -> dict[str, Any]:
     }
 
 
-def model_list(request: Request, cards: list[ModelCard]) -> dict[str, Any]:
+def model_list(
+    request: Request, cards: list[ModelCard], memory: MemoryReport | None = None
+) -> dict[str, Any]:
     if not _is_anthropic(request):
-        return ModelList(data=cards).model_dump()
+        listing = ModelList(data=cards, memory=memory).model_dump()
+        if memory is None:
+            del listing["memory"]
+        return listing
     # Every model fits on one page: has_more is always false, and the paging parameters are ignored.
     data = [_anthropic_card(c) for c in cards]
     return {

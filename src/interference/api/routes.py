@@ -153,7 +153,7 @@ async def count_tokens(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     router = _state(request).router
     await router.refresh()  # a GGUF added to the models dir since
-    return JSONResponse(model_list(request, router.cards()))
+    return JSONResponse(model_list(request, router.cards(), router.memory()))
 
 
 @api_router.post("/models/{model_id:path}/load")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._llama import LlamaRuntime, ModelInfo, ModelLoadError, physical_cores
+from .cache_pool import PromptCachePool
 from .chat_template import ChatTemplate, TemplateError
 from .handle import RequestHandle
 from .scheduler import EngineStats, Scheduler
@@ -54,6 +55,7 @@ class EngineConfig:
     repack: bool = False  # weights in llama.cpp's extra (repacked) buffer types: see cpu.py
     cache_ram: int = 2048  # MiB of host memory for the prompt cache; 0: off
     request_timeout: float = 600.0
+    cache_pool: PromptCachePool | None = None  # the byte budget shared with other engines' caches
 
 
 class Engine:
@@ -89,6 +91,7 @@ class Engine:
             max_queue=config.max_queue,
             request_timeout=config.request_timeout,
             cache_bytes=config.cache_ram * 2**20,
+            cache_pool=config.cache_pool,
         )
         self.load_seconds = time.perf_counter() - started
 

@@ -6,7 +6,8 @@ The estimate is what llama.cpp allocates on the CPU for one engine (see docs/mod
 - the KV cache: ``n_layer x n_ctx x (n_embd_k_gqa + n_embd_v_gqa) x bytes per element`` for every slot;
 - the compute buffer: the logits of one micro-batch (``n_ubatch x n_vocab`` floats) plus a few activations
   per token, and the output buffer (one row of logits per slot);
-- a host-RAM prompt cache, when the engine has one (``cache_ram``);
+- not the host-RAM prompt cache: every engine's cache draws on one shared, elastic pool
+  (``PromptCachePool``), counted once by the memory budget, not per model;
 - a fixed allowance for the context's own bookkeeping.
 """
 
@@ -52,12 +53,12 @@ class Footprint:
     weights: int
     kv_cache: int
     compute: int
-    cache_ram: int
+    cache_ram: int  # the engine's own cap on the shared prompt cache (not part of ``total``)
     n_ctx: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute + self.cache_ram + _CONTEXT_OVERHEAD
+        return self.weights + self.kv_cache + self.compute + _CONTEXT_OVERHEAD
 
     @property
     def total_mib(self) -> int:

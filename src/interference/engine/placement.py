@@ -12,7 +12,7 @@ import time
 
 from ._llama import LlamaRuntime
 from .prefix import MIN_SIMILARITY, SlotView, pick_slot
-from .prompt_cache import CacheEntry, PromptCache
+from .prompt_cache import CacheEntry, PromptCache, PromptCachePool
 from .slots import EngineStats, Job, Phase, Slot
 from .types import EngineRequest
 
@@ -29,12 +29,18 @@ class Placement:
     """Slot choice plus the moves of KV between slots and the prompt cache."""
 
     def __init__(
-        self, runtime: LlamaRuntime, slots: list[Slot], stats: EngineStats, *, cache_bytes: int
+        self,
+        runtime: LlamaRuntime,
+        slots: list[Slot],
+        stats: EngineStats,
+        *,
+        cache_bytes: int,
+        cache_pool: PromptCachePool | None = None,
     ) -> None:
         self._rt = runtime
         self.slots = slots
         self.stats = stats
-        self.cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
+        self.cache = PromptCache(cache_bytes, pool=cache_pool) if cache_bytes > 0 else None
         # Sequences whose whole-sequence copy waits for the next decode: their state must not be read
         # or replaced until then.
         self.pending_copy: set[int] = set()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._llama import LlamaRuntime
+from .cache_pool import PromptCachePool
 from .detok import StopMatcher
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from .kv_pool import KvPool
@@ -47,6 +48,7 @@ class Scheduler:
         max_queue: int,
         request_timeout: float,
         cache_bytes: int = 0,
+        cache_pool: PromptCachePool | None = None,
     ) -> None:
         self._rt = runtime
         self._slots = [Slot(seq=i) for i in range(n_slots)]
@@ -59,7 +61,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
-        self._placement = Placement(runtime, self._slots, self.stats, cache_bytes=cache_bytes)
+        self._placement = Placement(
+            runtime, self._slots, self.stats, cache_bytes=cache_bytes, cache_pool=cache_pool
+        )
         self._pool = KvPool(runtime.n_ctx, self._slots, self._placement)
 
     # ------------------------------------------------------------------ event-loop side

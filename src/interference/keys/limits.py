@@ -85,27 +85,30 @@ class Limits(Protocol):
 class LimitExceeded(RateLimited):
     """A 429 from a key's rpm or tpm, with the window's counts for the ``x-ratelimit-*`` headers."""
 
-    def __init__(self, message: str, *, retry_after: float, quota: Quota) -> None:
+    def __init__(self, message: str, *, retry_after: float, quota: Quota, kind: str = "requests") -> None:
         super().__init__(message, retry_after=retry_after)
         self.quota = quota
+        self.type = kind  # OpenAI's error type names the limit: "requests" (rpm) or "tokens" (tpm)
 
 
 def _refusal(
     name: str, rpm: int | None, tpm: int | None, requests: int, tokens: int, reserve: int, reset: float
 ) -> LimitExceeded:
+    kind = "tokens"
     if rpm is not None and requests + 1 > rpm:
-        what = f"requests per minute: limit {rpm}, used {requests}"
+        kind, what = "requests", f"requests per min (RPM): Limit {rpm}, Used {requests}, Requested 1"
     elif tpm is not None and reserve > tpm:
         what = (
-            f"tokens per minute: this request reserves {reserve} "
-            f"(prompt estimate + max_tokens), over the limit {tpm}"
+            f"tokens per min (TPM): Limit {tpm}, Requested {reserve} (prompt estimate, plus max_tokens "
+            "on generating routes), more than the limit allows"
         )
     else:
-        what = f"tokens per minute: limit {tpm}, used {tokens}, requested {reserve}"
+        what = f"tokens per min (TPM): Limit {tpm}, Used {tokens}, Requested {reserve}"
     return LimitExceeded(
         f"Rate limit reached for key '{name}' on {what}.",
         retry_after=max(1, math.ceil(reset)),
         quota=Quota(rpm, tpm, requests, tokens, reset),
+        kind=kind,
     )
 
 

@@ -363,9 +363,23 @@ class ModelCard(BaseModel):
     memory_mb: int | None = None
 
 
+class MemoryReport(BaseModel):
+    """Not OpenAI's: the host memory budget of the local models (``--memory-budget``), in MiB."""
+
+    budget_mb: int | None  # None: no budget
+    budget_auto: bool = False  # --memory-budget auto: a share of the RAM available at start-up
+    models_mb: int  # weights, KV and compute buffers of the models loaded (or loading)
+    kv_mb: int  # of which the KV pools
+    prompt_cache_mb: int  # held by the one prompt cache all local engines share
+    prompt_cache_limit_mb: int  # what it may grow to now: what the models leave, up to --cache-ram
+    prompt_cache_released_mb: int  # given back to make room for models, since start-up
+    evictions: int  # models unloaded to make room, since start-up
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    memory: MemoryReport | None = None
 
 
 class ErrorBody(BaseModel):

@@ -17,12 +17,14 @@ from ..config import (
     UpstreamDeployment,
 )
 from ..engine import ModelLoadError, embedded_model_path, model_id_for
+from ..engine.cache_pool import PromptCachePool
 from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
+from ..memory_budget import resolve_budget
 from ..router import Deployment, Route, Router
 from .base import Provider
 from .local_embeddings import EMBEDDING_ALIASES, embedding_provider
 from .managed import ManagedLocalProvider, load_engine
-from .model_pool import ModelPool
+from .model_pool import MIB, ModelPool
 
 if TYPE_CHECKING:
     from .upstream import UpstreamPool
@@ -76,12 +78,21 @@ def _local(
     return provider
 
 
+def deployment_options(deployment: LocalDeployment, defaults: EngineOptions) -> EngineOptions:
+    """A local deployment's engine options: the command line's and environment's (``defaults``), with the
+    keys the deployment sets itself on top."""
+    own = {k: getattr(deployment, k) for k in deployment.model_fields_set if k in EngineOptions.model_fields}
+    return EngineOptions(**{**defaults.model_dump(), **own})
+
+
 def _provider(
     deployment: LocalDeployment | UpstreamDeployment, shared: _Shared, entry: ModelEntry
 ) -> Provider:
     if isinstance(deployment, LocalDeployment):
         path = Path(deployment.path) if deployment.path else embedded_model_path()
-        return _local(path, deployment, shared, entry=entry)
+        return _local(
+            path, deployment_options(deployment, shared.settings.engine_options), shared, entry=entry
+        )
     from .anthropic import AnthropicProvider  # only gateway configs need httpx machinery
     from .upstream import UpstreamPool, UpstreamProvider
 
@@ -137,7 +148,12 @@ def build_router(settings: Settings) -> Router:
     """Configured models first (they win alias clashes), then the default local model, then the models dir."""
     shared = _Shared(
         cpu=read_cpu_info(),  # read once: every engine decides on repacking from it
-        models=ModelPool(budget_mib=settings.memory_budget, load_timeout=settings.load_timeout),
+        models=ModelPool(
+            budget_mib=resolve_budget(settings.memory_budget),
+            budget_auto=settings.memory_budget == "auto",
+            load_timeout=settings.load_timeout,
+            cache_pool=PromptCachePool(settings.cache_ram * MIB),  # one prompt cache budget for all engines
+        ),
         settings=settings,
     )
     routes: list[Route] = []
@@ -159,11 +175,11 @@ def build_router(settings: Settings) -> Router:
     path = Path(settings.model) if settings.model else embedded_model_path()
     provider = _local(path, settings.engine_options, shared, preload=not settings.lazy)
     name = settings.model_name or model_id_for(path)
-    budget = settings.memory_budget
+    budget = shared.models.budget_mib
     if provider.preload and budget is not None and provider.memory_mib > budget:
         raise ModelLoadError(
             f"{path} needs about {provider.memory_mib} MiB with these options, more than the memory budget "
-            f"of {budget} MiB (--memory-budget); raise it, lower --parallel, --ctx-size or --cache-ram, "
+            f"of {budget} MiB (--memory-budget); raise it, lower --parallel or --ctx-size, "
             "or pass --lazy"
         )
     routes.append(
@@ -182,4 +198,4 @@ def build_router(settings: Settings) -> Router:
         )
     known = {n for r in routes for n in (r.name, *r.aliases)}
     routes.extend(_scan_models_dir(shared, known))
-    return Router(routes, discover=lambda: _scan_models_dir(shared, known))
+    return Router(routes, discover=lambda: _scan_models_dir(shared, known), memory=shared.models.report)

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from ..config import EngineOptions
 from ..engine import Engine, EngineConfig, ModelLoadError, embedded_model_path
+from ..engine.cache_pool import PromptCachePool
 from ..engine.chat_template import ChatTemplate, TemplateError
 from ..engine.cpu import CpuInfo, choose_repack
 from ..engine.engine import DEFAULT_CTX_PER_SLOT
@@ -45,7 +46,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def load_engine(path: str | Path | None, options: EngineOptions, *, cpu: CpuInfo) -> Engine:
+def load_engine(
+    path: str | Path | None,
+    options: EngineOptions,
+    *,
+    cpu: CpuInfo,
+    cache_pool: PromptCachePool | None = None,
+) -> Engine:
     """Load a GGUF (the embedded model when ``path`` is None); raises ``ModelLoadError``."""
     repack = choose_repack(options.repack, cpu)
     engine = Engine(
@@ -58,6 +65,7 @@ def load_engine(path: str | Path | None, options: EngineOptions, *, cpu: CpuInfo
             max_queue=options.max_queue,
             cache_type=options.cache_type,
             cache_ram=options.cache_ram,
+            cache_pool=cache_pool,
             request_timeout=options.request_timeout,
             repack=repack.enabled,
         )
@@ -115,7 +123,7 @@ class ManagedLocalProvider(Provider):
             batch_size=options.batch_size,
             cache_type=options.cache_type,
             default_per_slot=DEFAULT_CTX_PER_SLOT,
-            cache_ram_mib=options.cache_ram,  # the prompt cache grows up to this, per engine
+            cache_ram_mib=options.cache_ram,  # a cap within the shared prompt cache, not counted here
         )
         self.memory_mib = self.footprint.total_mib
         self.state = LoadState.UNLOADED
@@ -133,6 +141,11 @@ class ManagedLocalProvider(Provider):
         pool.register(self)
 
     # ------------------------------------------------------------------ pool's view
+
+    @property
+    def evictions(self) -> int:
+        """Unloads of this model to make room for another."""
+        return self._evictions
 
     @property
     def holds_memory(self) -> bool:
@@ -266,7 +279,9 @@ class ManagedLocalProvider(Provider):
                 self._is_waiting_for_room = False
             started = self._pool.clock()
             try:
-                engine = await asyncio.to_thread(load_engine, self.path, self._options, cpu=self._cpu)
+                engine = await asyncio.to_thread(
+                    load_engine, self.path, self._options, cpu=self._cpu, cache_pool=self._pool.cache_pool
+                )
                 local = LocalProvider(engine, name=self.name)
                 await local.start()
             except BaseException as exc:

@@ -4,7 +4,12 @@ The pool keeps no engines itself; each ``ManagedLocalProvider`` owns its own and
 room before it loads. Every decision runs on the event loop under one ``asyncio.Condition``, so the
 book-keeping needs no other lock; only the loads and unloads themselves run in worker threads.
 
-- A model counts against the budget from the moment it starts loading until its unload has finished.
+- A model counts against the budget from the moment it starts loading until its unload has finished:
+  its weights, KV pool and compute buffers (``Footprint.total``).
+- The prompt caches of all local engines are one elastic pool (``PromptCachePool``), counted once: its
+  limit is what the models leave of the budget, up to ``--cache-ram``. Room for a model comes from the
+  cache first (least recently used entries go); only then are models evicted, so a model is refused
+  only when its own weights, KV and buffers cannot fit beside the models that stay (pinned or busy).
 - To make room, idle (no request in flight), unpinned, loaded models are unloaded, least recently
   used first. A model that cannot fit even alone fails at once (``InsufficientMemory``); one that
   could fit once a busy model goes idle waits for that, until its deadline.
@@ -20,12 +25,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..engine.cache_pool import PromptCachePool
 from ..errors import InsufficientMemory
+from ..protocol import MemoryReport
 
 if TYPE_CHECKING:
     from .managed import ManagedLocalProvider
 
 __all__ = ["TTL_SWEEP", "ModelPool"]
+
+MIB = 2**20
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +50,12 @@ class ModelPool:
         budget_mib: int | None,
         load_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        cache_pool: PromptCachePool | None = None,
+        budget_auto: bool = False,
     ) -> None:
         self.budget_mib = budget_mib
+        self.budget_auto = budget_auto
+        self.cache_pool = cache_pool
         self.load_timeout = load_timeout
         self.clock = clock
         self.members: list[ManagedLocalProvider] = []
@@ -75,7 +88,36 @@ class ModelPool:
         """Estimated MiB of every model loaded, loading or unloading."""
         return sum(m.memory_mib for m in self.members if m.holds_memory)
 
+    def report(self) -> MemoryReport:
+        """The budget and what uses it, for /v1/models, /metrics and the start-up line."""
+        held = [m for m in self.members if m.holds_memory]
+        pool = self.cache_pool
+        return MemoryReport(
+            budget_mb=self.budget_mib,
+            budget_auto=self.budget_auto,
+            models_mb=sum(m.memory_mib for m in held),
+            kv_mb=-(-sum(m.footprint.kv_cache for m in held) // MIB),
+            prompt_cache_mb=self.cache_mib(),
+            prompt_cache_limit_mb=pool.limit // MIB if pool is not None else 0,
+            prompt_cache_released_mb=pool.released // MIB if pool is not None else 0,
+            evictions=sum(m.evictions for m in self.members),
+        )
+
+    def cache_mib(self) -> int:
+        """MiB the shared prompt cache holds now."""
+        return -(-self.cache_pool.held() // MIB) if self.cache_pool is not None else 0
+
+    def _settle_cache(self, extra_mib: int = 0) -> None:
+        """Give the prompt cache what the models (and ``extra_mib`` about to load) leave of the budget."""
+        if self.cache_pool is None:
+            return
+        if self.budget_mib is None:
+            self.cache_pool.set_limit(self.cache_pool.cap)
+        else:
+            self.cache_pool.set_limit((self.budget_mib - self.used_mib() - extra_mib) * MIB)
+
     async def notify(self) -> None:
+        self._settle_cache()
         async with self.changed:
             self.changed.notify_all()
 
@@ -94,6 +136,7 @@ class ModelPool:
         async with self.changed:
             while True:
                 if budget is None or self.used_mib() + need <= budget:
+                    self._settle_cache(need)  # the cache gives room back first
                     member.mark_loading()
                     self.changed.notify_all()
                     return
