@@ -23,6 +23,8 @@ __all__ = ["Ingress", "Scaling", "build", "build_app"]
 
 # Requests one engine replica takes at once beyond its decoding slots; the rest wait at the ingress.
 _QUEUE_PER_SLOT = 2
+# Requests waiting at the ingress for an engine replica; beyond that Ray Serve refuses them (a 503).
+_MAX_QUEUED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ def build_app(settings: Settings, scaling: Scaling | None = None) -> Application
         name="Engine",
         ray_actor_options={"num_cpus": cpus},
         max_ongoing_requests=settings.parallel * _QUEUE_PER_SLOT,
+        max_queued_requests=_MAX_QUEUED,
         health_check_period_s=2.0,
         graceful_shutdown_timeout_s=settings.shutdown_timeout,
         **scaling.deployment_options(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = ["RayProvider", "replica_error"]
 
 # Seconds a client is told to wait when no engine replica can take its request.
 RETRY_AFTER = 5.0
+# Seconds a request waits for an engine replica to take it before the client gets a 503.
+ASSIGN_TIMEOUT = 10.0
 
 
 def replica_error(exc: BaseException) -> InterferenceError:
@@ -46,6 +49,15 @@ def replica_error(exc: BaseException) -> InterferenceError:
 async def _relay(stream: Any) -> AsyncIterator[Any]:
     """The replica's stream (a ``DeploymentResponseGenerator``), its errors typed as ours."""
     try:
+        # Ray Serve's router waits for a replica without end when none is up: give it a bound.
+        assigned = asyncio.ensure_future(stream._fetch_future_result_async())
+        try:
+            await asyncio.wait_for(asyncio.shield(assigned), ASSIGN_TIMEOUT)
+        except TimeoutError:
+            assigned.cancel()
+            unavailable = ServiceUnavailable("No engine replica is up to take this request; retry shortly.")
+            unavailable.retry_after = RETRY_AFTER
+            raise unavailable from None
         async for item in stream:
             yield item
     except InterferenceError:
