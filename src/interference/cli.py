@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="FILE", help="TOML config file (or INTERFERENCE_CONFIG)")
     _setting_flags(serve, server=True)
+    scale = serve.add_argument_group("Ray Serve (pip install 'interference[ray]', docs/ray.md)")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve as a Ray Serve application: no ADDRESS starts a local Ray, 'auto' or ray://... joins one",
+    )
+    scale.add_argument("--replicas", type=int, default=1, metavar="N", help="engine replicas (default: 1)")
+    scale.add_argument("--min-replicas", type=int, metavar="N", help="autoscale engine replicas from N")
+    scale.add_argument("--max-replicas", type=int, metavar="N", help="autoscale engine replicas up to N")
 
     keys = sub.add_parser("keys", help="manage the keys file")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -203,6 +214,8 @@ def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = _settings(args)
     _configure_logging(settings.log_level, settings.log_format)
+    if args.ray is not None:
+        return _serve_ray(settings, args)
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -243,6 +256,16 @@ def _memory_line(report: MemoryReport | None, asked: int | str | None) -> str:
         f"(KV {report.kv_mb} MiB), prompt cache {report.prompt_cache_mb} MiB of up to "
         f"{report.prompt_cache_limit_mb} MiB, {report.evictions} evicted"
     )
+
+
+def _serve_ray(settings: Settings, args: argparse.Namespace) -> int:
+    try:  # the extra: the base install never imports Ray
+        from .ray.app import Scaling
+        from .ray.run import run
+    except ImportError as exc:
+        return _fail(f"--ray needs the ray extra (pip install 'interference[ray]'): {exc}")
+    scaling = Scaling(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    return run(settings, args.ray, scaling)
 
 
 def _models(args: argparse.Namespace) -> int:
