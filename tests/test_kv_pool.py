@@ -21,7 +21,7 @@ def _chat(words: int, max_tokens: int = 4) -> dict[str, object]:
 
 def test_one_sequence_gets_the_trained_context_by_default(tmp_path: Path) -> None:
     with running_server("--parallel", "8", tmp=tmp_path) as server, server.http(timeout=300) as http:
-        assert "8 slots sharing 16384 tokens, up to 8192 per sequence" in server.log
+        assert "8 slots sharing 16384 tokens (up to 8192 each)" in server.log
         card = http.get(f"/v1/models/{MODEL}").json()
         assert card["context_length"] == 8192
 
@@ -45,7 +45,7 @@ def test_requests_that_overflow_the_pool_together_take_turns(tmp_path: Path) -> 
         running_server("--parallel", "2", "-c", "2048", tmp=tmp_path) as server,
         server.http(timeout=300) as http,
     ):
-        assert "2 slots sharing 2048 tokens, up to 2048 per sequence" in server.log
+        assert "2 slots sharing 2048 tokens (up to 2048 each)" in server.log
         assert http.get(f"/v1/models/{MODEL}").json()["context_length"] == 2048
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             replies = list(
