@@ -14,6 +14,8 @@ slice, so the scheduler keeps the books itself, once per step:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .placement import Placement
 from .slots import Job, Phase, Slot
 
@@ -56,3 +58,19 @@ class KvPool:
     def longest_generating(active: list[Slot]) -> Slot | None:
         generating = [s for s in active if s.job is not None and s.job.phase is Phase.GENERATE]
         return max(generating, key=lambda s: len(s.tokens), default=None)
+
+    def room(self, cut: Callable[[Slot, Job], None]) -> int:
+        """Free cells for the next step: idle slots give theirs back as needed, and while the generating
+        streams alone do not fit, ``cut`` finishes the longest of them ("length")."""
+        active = [s for s in self._slots if s.job is not None]
+        decoding = sum(1 for s in active if s.job is not None and s.job.phase is Phase.GENERATE)
+        prompts = sum(left for _, _, left in self.prefill_order(active))
+        free = self.make_room(decoding + prompts)
+        while free < decoding:
+            longest = self.longest_generating(active)
+            assert longest is not None and longest.job is not None
+            cut(longest, longest.job)
+            active.remove(longest)
+            decoding -= 1
+            free = self.make_room(decoding + prompts)
+        return free

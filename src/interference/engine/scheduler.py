@@ -13,9 +13,6 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
-
-import numpy as np
 
 from ._llama import LlamaRuntime
 from .cache_pool import PromptCachePool
@@ -24,8 +21,8 @@ from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, esti
 from .kv_pool import KvPool
 from .placement import Placement
 from .sampling import CandidateBuffer, Sampler
-from .slots import EngineStats, Job, Phase, Slot
-from .types import EngineOutput, EngineRequest, FinishReason, TokenLogprob
+from .slots import EngineStats, Job, Phase, Slot, take_logprobs, token_logprob
+from .types import EngineOutput, EngineRequest, FinishReason
 
 __all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Scheduler"]
 
@@ -290,7 +287,7 @@ class Scheduler:
     def _step(self) -> None:
         rt = self._rt
         rt.batch_clear()
-        free = self._room()
+        free = self._pool.room(lambda slot, job: self._finish(slot, job, "", FinishReason.LENGTH))
         active = [s for s in self._slots if s.job is not None]
         n_decode = 0
         for slot in active:
@@ -352,22 +349,6 @@ class Scheduler:
                     self._share_prompt(slot, job)
                 self._on_token(slot, job, token)
 
-    def _room(self) -> int:
-        """Free cells in the KV pool for this step: idle slots give theirs back as needed, and if the
-        generating streams alone no longer fit, the longest is finished ("length")."""
-        active = [s for s in self._slots if s.job is not None]
-        decoding = sum(1 for s in active if s.job is not None and s.job.phase is Phase.GENERATE)
-        prompts = sum(left for _, _, left in self._pool.prefill_order(active))
-        free = self._pool.make_room(decoding + prompts)
-        while free < decoding:
-            longest = self._pool.longest_generating(active)
-            assert longest is not None and longest.job is not None
-            self._finish(longest, longest.job, "", FinishReason.LENGTH)
-            active.remove(longest)
-            decoding -= 1
-            free = self._pool.make_room(decoding + prompts)
-        return free
-
     def _sample(self, job: Job, row: int) -> int:
         rt = self._rt
         if job.logprobs is not None:
@@ -377,7 +358,9 @@ class Scheduler:
         else:
             token = rt.sample(job.sampler.chain, row)
         if job.logprobs is not None:
-            job.logprobs.append(self._token_logprob(token, log_probs, job.handle.request.top_logprobs or 0))
+            job.logprobs.append(
+                token_logprob(self._rt.piece, token, log_probs, job.handle.request.top_logprobs or 0)
+            )
         return token
 
     def _share_prompt(self, leader_slot: Slot, leader: Job) -> None:
@@ -393,20 +376,6 @@ class Scheduler:
             job.cursor = job.n_cached = len(prompt)
             self.stats.shared_prompt_tokens += len(prompt)
             self._on_token(slot, job, self._sample(job, leader.row))
-
-    def _token_logprob(self, token: int, log_probs: Any, k: int) -> TokenLogprob:
-        top: tuple[tuple[bytes, float], ...] = ()
-        if k > 0:
-            best = np.argpartition(log_probs, -k)[-k:]
-            best = best[np.argsort(log_probs[best])[::-1]]
-            top = tuple((self._rt.piece(int(t)), float(log_probs[t])) for t in best)
-        return TokenLogprob(self._rt.piece(token), float(log_probs[token]), top)
-
-    def _take_logprobs(self, job: Job) -> list[TokenLogprob] | None:
-        if job.logprobs is None:
-            return None
-        taken, job.logprobs = job.logprobs, []
-        return taken
 
     def _on_token(self, slot: Slot, job: Job, token: int) -> None:
         rt = self._rt
@@ -436,7 +405,7 @@ class Scheduler:
                     text=text,
                     prompt_tokens=len(req.prompt),
                     cached_tokens=job.n_cached,
-                    logprobs=self._take_logprobs(job),
+                    logprobs=take_logprobs(job),
                 )
                 self._emit(job.handle, output)
             return
@@ -466,7 +435,7 @@ class Scheduler:
                 prompt_tokens=len(req.prompt),
                 completion_tokens=job.n_generated,
                 cached_tokens=job.n_cached,
-                logprobs=self._take_logprobs(job),
+                logprobs=take_logprobs(job),
                 stop_sequence=job.stops.matched,
             ),
         )

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from .detok import IncrementalDetokenizer, StopMatcher
 from .handle import RequestHandle
 from .sampling import Sampler
 from .types import TokenLogprob
 
-__all__ = ["EngineStats", "Job", "Phase", "Slot"]
+__all__ = ["EngineStats", "Job", "Phase", "Slot", "take_logprobs", "token_logprob"]
 
 
 class Phase(enum.Enum):
@@ -68,3 +72,21 @@ class EngineStats:
     cache_seconds: float = 0.0  # spent saving and restoring states, on the scheduler thread
     cache_pause_max_seconds: float = 0.0  # the longest one admission spent on it (running streams wait)
     shared_prompt_tokens: int = 0  # prompt tokens copied between the choices of n > 1 requests
+
+
+def token_logprob(piece: Callable[[int], bytes], token: int, log_probs: Any, k: int) -> TokenLogprob:
+    """The sampled token's log-probability and the ``k`` most likely alternatives."""
+    top: tuple[tuple[bytes, float], ...] = ()
+    if k > 0:
+        best = np.argpartition(log_probs, -k)[-k:]
+        best = best[np.argsort(log_probs[best])[::-1]]
+        top = tuple((piece(int(t)), float(log_probs[t])) for t in best)
+    return TokenLogprob(piece(token), float(log_probs[token]), top)
+
+
+def take_logprobs(job: Job) -> list[TokenLogprob] | None:
+    """The log-probabilities gathered since the job's last output (None when it asked for none)."""
+    if job.logprobs is None:
+        return None
+    taken, job.logprobs = job.logprobs, []
+    return taken
