@@ -252,7 +252,8 @@ def _memory_line(report: MemoryReport | None, asked: int | str | None) -> str:
         return "no memory budget"
     how = f"auto: {AUTO_SHARE:.0%} of the RAM available" if asked == "auto" else "--memory-budget"
     return (
-        f"memory budget {report.budget_mb} MiB ({how}): models {report.models_mb} MiB "
+        f"memory budget {report.budget_mb} MiB ({how}): models {report.models_mb} MiB, "
+        f"embedding model {report.embedding_mb} MiB "
         f"(KV {report.kv_mb} MiB), prompt cache {report.prompt_cache_mb} MiB of up to "
         f"{report.prompt_cache_limit_mb} MiB, {report.evictions} evicted"
     )

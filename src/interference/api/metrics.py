@@ -163,6 +163,7 @@ class _MemoryCollector(Collector):
         parts = {
             "budget": (report.budget_mb or 0, "The memory budget (0: none)"),
             "models": (report.models_mb, "Weights, KV and compute buffers of the local models in memory"),
+            "embedding": (report.embedding_mb, "The embedding model's weights and buffers"),
             "kv": (report.kv_mb, "KV pools of the local models in memory"),
             "prompt_cache": (report.prompt_cache_mb, "Held by the prompt cache all local engines share"),
             "prompt_cache_limit": (report.prompt_cache_limit_mb, "What the shared prompt cache may hold now"),

@@ -40,6 +40,10 @@ def _cache_dir() -> Path:
     return Path(base) / "interference"
 
 
+# Compute buffers (one batch of up to 512 tokens), the output rows and bookkeeping of the embedding engine.
+EMBEDDING_OVERHEAD_BYTES = 48 * 2**20
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddingSource:
     """A model to embed with: ``path`` is a ``.gguf`` file or a checkpoint folder to convert."""
@@ -77,6 +81,16 @@ class EmbeddingSource:
             if (where / "model.safetensors").is_file():
                 return cls(name=BUNDLED_EMBEDDING_MODEL, path=where, sha256=_BUNDLED_SHA256)
         return None
+
+    def resident_bytes(self) -> int:
+        """An upper bound of what serving this model keeps resident: its weights (a safetensors
+        checkpoint is f32, its GGUF f16) plus compute buffers and bookkeeping."""
+        weights = self.path if self.path.is_file() else self.path / "model.safetensors"
+        try:
+            size = weights.stat().st_size
+        except OSError:
+            size = 0
+        return size + EMBEDDING_OVERHEAD_BYTES
 
     def gguf(self) -> Path:
         """A GGUF file for this model, converting (once) if it is a folder; slow only the first time."""

@@ -370,6 +370,7 @@ class MemoryReport(BaseModel):
     budget_auto: bool = False  # --memory-budget auto: a share of the RAM available at start-up
     models_mb: int  # weights, KV and compute buffers of the models loaded (or loading)
     kv_mb: int  # of which the KV pools
+    embedding_mb: int = 0  # the embedding model (weights and buffers), counted from start-up
     prompt_cache_mb: int  # held by the one prompt cache all local engines share
     prompt_cache_limit_mb: int  # what it may grow to now: what the models leave, up to --cache-ram
     prompt_cache_released_mb: int  # given back to make room for models, since start-up

@@ -187,6 +187,7 @@ def build_router(settings: Settings) -> Router:
     )
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
+        shared.models.embedding_mib = embedder.memory_mib
         deployment = Deployment(embedder, embedder.model_name)
         routes.append(
             Route(

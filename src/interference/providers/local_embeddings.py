@@ -49,6 +49,8 @@ class LocalEmbeddingProvider(Provider):
     def __init__(self, engine: EmbeddingEngine) -> None:
         self.engine = engine
         self.model_name = engine.source.name
+        # What the embedding model costs, counted against the memory budget from start-up.
+        self.memory_mib = -(-engine.source.resident_bytes() // 2**20)
         self.name = f"local:{self.model_name}"
 
     async def start(self) -> None:

@@ -54,6 +54,7 @@ class ModelPool:
         budget_auto: bool = False,
     ) -> None:
         self.budget_mib = budget_mib
+        self.embedding_mib = 0  # the embedding model's estimate, counted once it is configured
         self.budget_auto = budget_auto
         self.cache_pool = cache_pool
         self.load_timeout = load_timeout
@@ -85,8 +86,8 @@ class ModelPool:
             self._sweeper = None
 
     def used_mib(self) -> int:
-        """Estimated MiB of every model loaded, loading or unloading."""
-        return sum(m.memory_mib for m in self.members if m.holds_memory)
+        """Estimated MiB of every model loaded, loading or unloading, and of the embedding model."""
+        return self.embedding_mib + sum(m.memory_mib for m in self.members if m.holds_memory)
 
     def report(self) -> MemoryReport:
         """The budget and what uses it, for /v1/models, /metrics and the start-up line."""
@@ -96,6 +97,7 @@ class ModelPool:
             budget_mb=self.budget_mib,
             budget_auto=self.budget_auto,
             models_mb=sum(m.memory_mib for m in held),
+            embedding_mb=self.embedding_mib,
             kv_mb=-(-sum(m.footprint.kv_cache for m in held) // MIB),
             prompt_cache_mb=self.cache_mib(),
             prompt_cache_limit_mb=pool.limit // MIB if pool is not None else 0,
@@ -128,10 +130,11 @@ class ModelPool:
         """
         budget = self.budget_mib
         need = member.memory_mib
-        if budget is not None and need > budget:
+        if budget is not None and need + self.embedding_mib > budget:
             raise InsufficientMemory(
                 f"The model '{member.model_id}' needs about {need} MiB, more than the memory budget of "
-                f"{budget} MiB (--memory-budget) allows even alone."
+                f"{budget} MiB (--memory-budget) allows even alone"
+                + (f" beside the embedding model ({self.embedding_mib} MiB)." if self.embedding_mib else ".")
             )
         async with self.changed:
             while True:
