@@ -125,7 +125,10 @@ def _agents_sdk_run(base_url: str, model_name: str, *, responses: bool, agents: 
         model=model,
         # On the embedded model: no tool, and a short answer (a tiny model on two CPUs is slow).
         tools=[read_file] if agents else [],
-        model_settings=agents_sdk.ModelSettings(max_tokens=None if agents else 32),
+        # Greedy, so that the short answer ends before max_tokens (the SDK raises on an incomplete one).
+        model_settings=agents_sdk.ModelSettings(max_tokens=None, temperature=None)
+        if agents
+        else agents_sdk.ModelSettings(max_tokens=128, temperature=0.0),
     )
     prompt = f"Read {agents.secret_file} and tell me what it says." if agents else "Say hi."
 

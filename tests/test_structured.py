@@ -277,14 +277,16 @@ def test_n_choices_stream_with_index(client: openai.OpenAI) -> None:
     assert sorted(f.index for f in finishes) == [0, 1]
 
 
-def test_seed_reproducible_with_n(client: openai.OpenAI) -> None:
-    def run() -> list[str]:
-        r = client.chat.completions.create(
-            model="gpt-4o", messages=_ask("Tell a joke."), n=2, max_tokens=12, seed=99, temperature=1.0
-        )
-        return [c.message.content or "" for c in r.choices]
-
-    assert run() == run()
+def test_seed_with_n_gives_each_choice_its_own_sampling(client: openai.OpenAI) -> None:
+    # With the slots' shared KV pool logits depend on the batch and on whether the prompt came from the
+    # cache, so the same seed no longer promises the same text on a second run with n > 1 (bench/README.md,
+    # "Determinism"); what holds is n answers, each sampled with its own seed.
+    r = client.chat.completions.create(
+        model="gpt-4o", messages=_ask("Tell a joke."), n=2, max_tokens=12, seed=99, temperature=1.0
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert all(c.message.content and c.finish_reason in ("stop", "length") for c in r.choices)
+    assert r.usage is not None and r.usage.completion_tokens <= 24
 
 
 def test_n_beyond_what_the_engine_can_hold_is_400(http: httpx.Client) -> None:
