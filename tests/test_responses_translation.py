@@ -24,7 +24,7 @@ TOOLS: list[dict[str, Any]] = [
 
 
 NS_G = {"name": "ns__g"}
-DONE = "done"
+D = "done"
 
 
 def _request(**fields: Any) -> ResponseRequest:
@@ -77,7 +77,7 @@ def test_items_become_messages() -> None:
         {"type": "reasoning", "summary": []},
         {"type": "web_search_call", "id": "ws"},
         {"type": "function_call_output", "call_id": "c1", "output": "ok"},
-        {"type": "custom_tool_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": DONE}]},
+        {"type": "custom_tool_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": D}]},
         {"type": "item_reference", "id": "m1"},
     ]  # fmt: skip
     request = _request(
@@ -90,7 +90,7 @@ def test_items_become_messages() -> None:
     calls = messages[2]["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["ns__g", "patch"]
     assert json.loads(calls[1]["function"]["arguments"]) == {"input": "diff"}
-    assert messages[4]["content"] == "done" and plan.dropped_items == 2
+    assert messages[4]["content"] == D and plan.dropped_items == 2
     assert plan.body["response_format"] == {"type": "json_object"} and plan.body["logprobs"] is True
     assert [len(g) for g in group_items(request.items)] == [1, 1, 2, 2, 1, 1, 1]
 
