@@ -56,9 +56,12 @@ async def _parse(request: Request, model: type[M]) -> M:
         parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    caller = caller_of(request.scope)
-    if caller is not None and caller.name is not None and isinstance(parsed, WireModel):
-        parsed.set_tenant(caller.name)
+    if isinstance(parsed, WireModel):
+        # An upstream gets these bytes again, with the model replaced, instead of a dump of the models.
+        parsed.set_wire_body(body)
+        caller = caller_of(request.scope)
+        if caller is not None and caller.name is not None:
+            parsed.set_tenant(caller.name)
     return parsed
 
 
