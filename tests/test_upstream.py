@@ -24,8 +24,8 @@ from interference.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from interference.protocol import ChatCompletionRequest, CompletionRequest
-from interference.providers.base import Delta
+from interference.protocol import ChatCompletionRequest, CompletionRequest, MessagesRequest
+from interference.providers.base import Delta, chat_from_messages
 from interference.providers.upstream import UpstreamPool, UpstreamProvider
 
 KEY = "sk-secret-123456789"
@@ -216,6 +216,50 @@ def test_forwarded_request_and_headers() -> None:
     assert str(request.url) == "http://upstream.test/v1/completions"
     assert request.headers["authorization"] == f"Bearer {KEY}"
     assert orjson.loads(request.content) == {"model": "upstream-name", "prompt": "p", "best_of": 2}
+
+
+def test_a_parsed_request_is_forwarded_as_sent_and_a_translated_one_as_translated() -> None:
+    """The JSON as sent (extras, key order, an integer for a float) or the Messages translation,
+    with the model replaced; the client's own object is not changed by it."""
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+        return httpx.Response(200, json={"choices": [choice]})
+
+    raw = (
+        b'{"temperature": 1, "messages": [{"role": "user", "content": "hi", "x_note": [1, 2]}],'
+        b' "model": "public", "x_vendor": {"k": true}, "tools": [{"type": "function", "function":'
+        b' {"name": "f", "parameters": {"$schema": "s", "type": "object"}}}]}'
+    )
+    chat = ChatCompletionRequest.model_validate_json(raw)
+    chat.set_wire_body(raw)
+    messages = MessagesRequest.model_validate_json(
+        b'{"model": "public", "max_tokens": 5, "system": "be brief", "temperature": 0.5,'
+        b' "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'
+    )
+    translated = chat_from_messages(messages)
+
+    async def scenario() -> None:
+        provider, _ = _provider(handler)
+        await provider.start()
+        for request in (chat, translated):
+            [d async for d in provider.chat(request, model="upstream-name")]
+        await provider.aclose()
+
+    run(scenario())
+    assert [orjson.loads(body) for body in seen] == [
+        {**orjson.loads(raw), "model": "upstream-name"},
+        {
+            "model": "upstream-name",
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "max_tokens": 5,
+            "temperature": 0.5,
+        },
+    ]
+    assert list(orjson.loads(seen[0])) == ["temperature", "messages", "model", "x_vendor", "tools"]
+    assert chat.wire_body() == orjson.loads(raw) and translated.model == "public"
 
 
 @pytest.mark.parametrize(

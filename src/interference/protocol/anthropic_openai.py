@@ -187,8 +187,10 @@ def chat_request(request: CountTokensRequest, *, stream: bool | None = None) -> 
 
 def validated_chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
     """``chat_request`` validated; raises pydantic's ``ValidationError`` or ``ParamError``."""
-    chat = ChatCompletionRequest.model_validate(chat_request(request))
+    body = chat_request(request)
+    chat = ChatCompletionRequest.model_validate(body)
     chat.set_tenant(request.tenant)
+    chat.set_wire_body(body)
     return chat
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
     "AssistantMessage",
@@ -64,12 +66,15 @@ class ParamError(ValueError):
 
 
 class WireModel(BaseModel):
-    """Base of every request model: strict types, unknown fields kept aside."""
+    """Base of every request model: strict types, unknown fields kept aside.
+
+    What the server attaches to a request (``set_tenant``, ``set_wire_body``) lives in pydantic's
+    dict of private values, created on first use, and not in declared ``PrivateAttr``s: a declared
+    one is initialised on every nested model as it is validated (hundreds per agent-sized request,
+    a third of its parsing time).
+    """
 
     model_config = ConfigDict(extra="allow", strict=True)
-    # Whose request this is (the API key's name), set by the server, never read from the wire; the
-    # local engine takes waiting requests of different tenants in turn.
-    _tenant: str = PrivateAttr(default="")
 
     @property
     def ignored_fields(self) -> list[str]:
@@ -77,10 +82,52 @@ class WireModel(BaseModel):
 
     @property
     def tenant(self) -> str:
-        return self._tenant
+        """Whose request this is (the API key's name), set by the server, never read from the wire.
+
+        The local engine takes waiting requests of different tenants in turn.
+        """
+        tenant = self._private("tenant")
+        return tenant if isinstance(tenant, str) else ""
 
     def set_tenant(self, tenant: str) -> None:
-        self._tenant = tenant
+        self._set_private("tenant", tenant)
+
+    def set_wire_body(self, body: bytes | dict[str, Any]) -> None:
+        """The JSON this request was validated from (bytes, or the object): see ``wire_body``.
+
+        Only for a request that is not changed afterwards: the wire body is forwarded in its place.
+        """
+        self._set_private("wire", body)
+
+    def wire_body(self) -> dict[str, Any] | None:
+        """The request as a new top-level JSON object, as sent; None when it was not kept.
+
+        It holds what ``model_dump(exclude_unset=True, by_alias=True)`` gives, without walking the
+        models: extras included, aliases as sent (an integer sent for a float field stays an
+        integer). Bytes that orjson does not take (pydantic's parser is laxer on lone surrogates
+        and integers past 64 bits) give None.
+        """
+        wire = self._private("wire")
+        if isinstance(wire, dict):
+            return dict(wire)
+        if isinstance(wire, bytes):
+            try:
+                value = orjson.loads(wire)
+            except orjson.JSONDecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+        return None
+
+    def _private(self, name: str) -> Any:
+        private = self.__pydantic_private__
+        return private.get(name) if private else None
+
+    def _set_private(self, name: str, value: Any) -> None:
+        private = self.__pydantic_private__
+        if private is None:
+            object.__setattr__(self, "__pydantic_private__", {name: value})
+        else:
+            private[name] = value
 
 
 # --------------------------------------------------------------------------- shared
@@ -221,11 +268,14 @@ class FunctionMessage(_Message):
     name: str
 
 
+_MESSAGE_TAGS = MappingProxyType(
+    {role: f"{'system' if role == 'developer' else role}-message" for role in get_args(Role)}
+)
+
+
 def _message_tag(value: Any) -> str | None:
     role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
-    if role not in get_args(Role):
-        return None
-    return f"{'system' if role == 'developer' else role}-message"
+    return _MESSAGE_TAGS.get(role) if isinstance(role, str) else None
 
 
 # Tags are suffixed so that api/errors.py can drop them from error locations ("function" is also a field).

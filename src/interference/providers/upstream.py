@@ -57,6 +57,7 @@ from ..protocol import (
     CountTokensRequest,
     EmbeddingRequest,
     SamplingFields,
+    WireModel,
 )
 from .base import Delta, Embeddings, Provider, TokenUsage, chat_from_messages
 from .http1 import Http1Transport
@@ -207,7 +208,9 @@ class UpstreamProvider(Provider):
         """The upstream call: the client's fields as sent (extras included), ``model`` replaced."""
         if self._client is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        body = request.model_dump(exclude_unset=True, by_alias=True)
+        wire = request.wire_body() if isinstance(request, WireModel) else None
+        # The JSON as sent, when it was kept: dumping the models again costs as much as parsing them.
+        body = wire if wire is not None else request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
         # A ready Request skips the client's per-call merging of URL, headers and cookies (a third of
         # its cost); the client still sends it, and the response is closed in ``finally``.
