@@ -203,6 +203,7 @@ def _chat(plan: ChatPlan, request: ResponseRequest) -> ChatCompletionRequest:
         error = validation_error(exc)
         raise InvalidRequest(f"The request cannot be served as a chat completion: {error.message}") from None
     chat.set_tenant(request.tenant)
+    chat.set_wire_body(plan.body)  # an upstream is sent this object, not a dump of the models
     return chat
 
 
