@@ -201,6 +201,10 @@ class EmbeddingEngine:
         self._runtime: EmbeddingRuntime | None = None
         self._load_error: Exception | None = None
 
+    @property
+    def is_loaded(self) -> bool:
+        return self._runtime is not None
+
     def start(self) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")

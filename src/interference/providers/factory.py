@@ -187,7 +187,9 @@ def build_router(settings: Settings) -> Router:
     )
     embedder = embedding_provider(settings, repack=choose_repack(settings.repack, shared.cpu).enabled)
     if embedder is not None:
-        shared.models.embedding_mib = embedder.memory_mib
+        loaded = embedder.engine
+
+        shared.models.embedding_usage = lambda: embedder.memory_mib if loaded.is_loaded else 0
         deployment = Deployment(embedder, embedder.model_name)
         routes.append(
             Route(

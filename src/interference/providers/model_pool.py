@@ -54,7 +54,8 @@ class ModelPool:
         budget_auto: bool = False,
     ) -> None:
         self.budget_mib = budget_mib
-        self.embedding_mib = 0  # the embedding model's estimate, counted once it is configured
+        # MiB the embedding model holds now: its estimate once it has loaded (on first use), else 0.
+        self.embedding_usage: Callable[[], int] = lambda: 0
         self.budget_auto = budget_auto
         self.cache_pool = cache_pool
         self.load_timeout = load_timeout
@@ -84,6 +85,10 @@ class ModelPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+
+    @property
+    def embedding_mib(self) -> int:
+        return self.embedding_usage()
 
     def used_mib(self) -> int:
         """Estimated MiB of every model loaded, loading or unloading, and of the embedding model."""
