@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 from claude_code_request import BETA, TOOL_NAMES, claude_code_body
+from test_chat_template import _with_template
 
 from conftest import RunningServer, running_server
 from fake_upstream import PIECES, REASONING, FakeUpstream
@@ -89,17 +90,6 @@ THINKING_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is not defined or enable_thinking %}<think>\n{% endif %}{% endif %}"
 )
-
-
-def _with_template(source: Path, target: Path, template: str) -> None:
-    """A copy of the GGUF with its chat template replaced, padded so that nothing else moves."""
-    data = source.read_bytes()
-    key = b"tokenizer.chat_template"
-    at = data.index(key) + len(key) + 4  # the value's type (uint32), then its length (uint64)
-    length = int.from_bytes(data[at : at + 8], "little")
-    replacement = template.encode().ljust(length, b" ")
-    assert len(replacement) == length
-    target.write_bytes(data[: at + 8] + replacement + data[at + 8 + length :])
 
 
 @pytest.fixture(scope="module")
