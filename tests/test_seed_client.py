@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -36,13 +37,22 @@ def _legacy_python() -> Path:
     return python
 
 
-def _port_1337_taken() -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 1337))
-        except OSError:
-            return True
-    return False
+def _port_1337_taken(wait: float = 0.0) -> bool:
+    """Whether another program listens on 1337, waiting up to ``wait`` seconds for it to go away (a
+    server stopped by an earlier test can hold it for a moment). Like the server, the probe binds with
+    SO_REUSEADDR, so connections of a finished server still in TIME_WAIT do not count."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", 1337))
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return True
+            else:
+                return False
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def legacy_python() -> Path:
 
 @pytest.fixture(scope="module")
 def server_on_1337(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if _port_1337_taken():
+    if _port_1337_taken(wait=60.0):
         pytest.skip("port 1337 is taken by another program; the seed client only talks to localhost:1337")
     with running_server(port=1337, tmp=tmp_path_factory.mktemp("seed")) as s:
         yield s
