@@ -7,6 +7,7 @@ not fit is refused in Anthropic's words, which Claude Code acts on.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,80 @@ def test_reasoning_content_from_a_thinking_template(thinker: RunningServer) -> N
     response = thinker.client().responses.create(model="thinker", input="Why?", max_output_tokens=16)
     assert response.output[0].type == "reasoning"
     assert response.output[0].summary[0].text
+
+
+def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of every SSE event of an Anthropic stream."""
+    out, name = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = json.loads(line.removeprefix("data: "))
+            assert data["type"] == name
+            out.append((name, data))
+    return out
+
+
+def test_a_streamed_thought_is_the_whole_message_in_anthropic_order(thinker: RunningServer) -> None:
+    """The thinking block comes first and is signed before it stops; streamed or not, the same prompt and
+    the same start of the thought (greedy; a prompt read from the cache may drift later on)."""
+    body = claude_code_body("thinker", "Why is the sky blue?", system_chars=300)
+    body.update(max_tokens=24, temperature=0, tools=body["tools"][:2])
+    whole = _post(thinker, body)
+    assert whole.status_code == 200, whole.text
+    message = whole.json()
+    assert message["content"][0]["type"] == "thinking" and message["content"][0]["signature"]
+    assert all(block["type"] != "thinking" for block in message["content"][1:])
+    with (
+        thinker.http() as http,
+        http.stream(
+            "POST",
+            "/v1/messages?beta=true",
+            json={**body, "stream": True},
+            headers={"anthropic-version": "2023-06-01", "anthropic-beta": BETA},
+        ) as reply,
+    ):
+        assert reply.status_code == 200
+        events = _sse(reply)
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    assert events[2][1]["index"] == 0 and events[2][1]["content_block"]["type"] == "thinking"
+    first_stop = names.index("content_block_stop")
+    kinds = [data["delta"]["type"] for _, data in events[3:first_stop]]
+    assert kinds[-1] == "signature_delta" and set(kinds[:-1]) == {"thinking_delta"}
+    thought = "".join(data["delta"]["thinking"] for _, data in events[3 : first_stop - 1])
+    assert thought[:12] == message["content"][0]["thinking"][:12] and thought.strip()
+    # Every later block is a text or tool_use block, opened and closed in turn.
+    later = [data["content_block"]["type"] for name, data in events if name == "content_block_start"][1:]
+    assert set(later) <= {"text", "tool_use"}
+    assert names.count("content_block_start") == names.count("content_block_stop")
+
+    def prompt(usage: dict[str, int]) -> int:
+        return usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+    start_usage, end_usage = events[0][1]["message"]["usage"], events[-2][1]["usage"]
+    assert prompt(start_usage) == prompt(end_usage) == prompt(message["usage"]) > 0
+    assert 0 < end_usage["output_tokens"] <= 24 and 0 < message["usage"]["output_tokens"] <= 24
+
+
+def test_count_tokens_is_exact_with_thinking_on_and_off(thinker: RunningServer) -> None:
+    """The template opens the thinking block only when thinking is on: the count follows it exactly."""
+    body = claude_code_body("thinker", "Why is the sky blue?", system_chars=300)
+    body.update(max_tokens=8, temperature=0, tools=body["tools"][:3])
+    off = {**body, "thinking": {"type": "disabled"}}
+    counts = []
+    for request in (body, off):
+        counted = _post(thinker, request, "/v1/messages/count_tokens?beta=true")
+        assert counted.status_code == 200, counted.text
+        reply = _post(thinker, request)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+        assert counted.json()["input_tokens"] == usage["input_tokens"] + usage["cache_read_input_tokens"]
+        counts.append(counted.json()["input_tokens"])
+    assert counts[0] > counts[1]  # "<think>\n" opens the answer when thinking is on
+    assert all(block["type"] != "thinking" for block in reply.json()["content"])
 
 
 # ---------------------------------------------------------------------- through upstreams
