@@ -19,7 +19,9 @@ import openai
 import pytest
 from claude_code_request import BETA, TOOL_NAMES, claude_code_body
 
+import fake_anthropic
 from conftest import RunningServer, running_server
+from fake_anthropic import FakeAnthropic
 from fake_upstream import PIECES, REASONING, FakeUpstream
 from interference.engine import embedded_model_path
 
@@ -281,3 +283,84 @@ def test_claude_code_request_through_an_openai_upstream(tmp_path: Path) -> None:
             assert len(sent["tools"]) == 24 and "thinking" not in sent and "context_management" not in sent
     finally:
         upstream.stop()
+
+
+# ---------------------------------------------------------------------- through an Anthropic upstream
+
+
+@pytest.fixture(scope="module")
+def claude_upstream(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningServer, FakeAnthropic]]:
+    tmp = tmp_path_factory.mktemp("claude-upstream")
+    upstream = FakeAnthropic(mode="thinking").start()
+    config = tmp / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "claude-up"\n[[models.deployments]]\ntype = "anthropic"\n'
+        f'base_url = "{upstream.url}"\nmodel = "claude-upstream"\n'
+    )
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
+            yield server, upstream
+    finally:
+        upstream.stop()
+
+
+def test_claude_code_fields_reach_an_anthropic_upstream(
+    claude_upstream: tuple[RunningServer, FakeAnthropic],
+) -> None:
+    server, upstream = claude_upstream
+    body = claude_code_body("claude-up", "hi", system_chars=27_000)
+    # An earlier turn's signed thinking block goes back as it came.
+    earlier = {"type": "thinking", "thinking": "Earlier.", "signature": fake_anthropic.SIGNATURE}
+    body["messages"] += [
+        {"role": "assistant", "content": [earlier, {"type": "text", "text": "Hello."}]},
+        {"role": "user", "content": "And now?"},
+    ]
+    for path in ("/v1/messages?beta=true", "/v1/messages/count_tokens?beta=true"):
+        reply = _post(server, body, path)
+        assert reply.status_code == 200, reply.text
+        assert upstream.betas[-1] == BETA
+        sent = upstream.bodies[-1]
+        assert sent["model"] == "claude-upstream"
+        for key in ("system", "tools", "thinking", "context_management", "metadata", "messages"):
+            assert sent[key] == body[key], key
+    message = _post(server, body).json()
+    assert message["content"][0] == {
+        "type": "thinking",
+        "thinking": "".join(fake_anthropic.THOUGHTS),
+        "signature": fake_anthropic.SIGNATURE,
+    }
+    # The SDK's beta client, streaming: the betas it names become the header.
+    client = anthropic.Anthropic(base_url=server.url, api_key="sk-local", max_retries=0)
+    with client.beta.messages.stream(
+        model="claude-up",
+        max_tokens=1000,
+        messages=[{"role": "user", "content": "hi"}],
+        thinking={"type": "enabled", "budget_tokens": 500},
+        betas=["interleaved-thinking-2025-05-14"],
+        extra_body={"context_management": body["context_management"]},
+    ) as stream:
+        final = stream.get_final_message()
+    assert upstream.betas[-1] == "interleaved-thinking-2025-05-14"
+    assert upstream.bodies[-1]["context_management"] == body["context_management"]
+    assert [b.type for b in final.content] == ["thinking", "text"]
+
+
+def test_anthropic_thinking_is_reasoning_content_for_openai_clients(
+    claude_upstream: tuple[RunningServer, FakeAnthropic],
+) -> None:
+    server, upstream = claude_upstream
+    thoughts, text = "".join(fake_anthropic.THOUGHTS), "".join(fake_anthropic.PIECES)
+    hi = [{"role": "user", "content": "hi"}]
+    whole = server.client().chat.completions.create(model="claude-up", messages=hi)  # type: ignore[arg-type]
+    assert getattr(whole.choices[0].message, "reasoning_content", None) == thoughts
+    assert whole.choices[0].message.content == text
+    assert upstream.betas[-1] is None  # an OpenAI client names no betas
+    chunks = list(server.client().chat.completions.create(model="claude-up", messages=hi, stream=True))  # type: ignore[arg-type]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [getattr(d, "reasoning_content", None) or "" for d in deltas]
+    assert "".join(reasoning) == thoughts
+    assert "".join(d.content or "" for d in deltas) == text
+    last_thought = max(i for i, r in enumerate(reasoning) if r)
+    assert all(not d.content for d in deltas[: last_thought + 1])  # reasoning streams before the answer
