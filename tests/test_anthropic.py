@@ -270,7 +270,7 @@ def test_bad_requests_are_400_in_anthropic_envelope(server: RunningServer) -> No
         _error(broken, 400, "invalid_request_error")
         role = http.post(
             "/v1/messages",
-            json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "system", "content": "x"}]},
+            json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "tool", "content": "x"}]},
         )
         _error(role, 400, "invalid_request_error")
         thinking = {"type": "enabled", "budget_tokens": "lots"}

@@ -51,6 +51,70 @@ def test_claude_code_fields_are_accepted_on_the_local_model(server: RunningServe
     assert counted.json()["input_tokens"] == usage["input_tokens"] + usage["cache_read_input_tokens"]
 
 
+def _tool_loop_history(prompt: str) -> list[dict[str, Any]]:
+    """A Claude Code turn after one Bash call: its thinking, text and tool_use, the tool's result with
+    ``cache_control``, and a reminder as a system message between the turns."""
+    cached = {"type": "ephemeral"}
+    thought = {"type": "thinking", "thinking": "List them.", "signature": "c2lnbmF0dXJl"}
+    call = {"type": "tool_use", "id": "toolu_01A", "name": "Bash", "input": {"command": "ls"}}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01A",
+        "content": [{"type": "text", "text": "notes.txt", "cache_control": cached}],
+    }
+    return [
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [thought, {"type": "text", "text": "Listing."}, call]},
+        {"role": "system", "content": "Reminder: be brief."},
+        {"role": "user", "content": [result, {"type": "text", "text": "Go on.", "cache_control": cached}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "redacted_thinking", "data": "b3BhcXVl"}, {"type": "text", "text": "Done."}],
+        },
+        {"role": "user", "content": "Thanks."},
+    ]
+
+
+@pytest.mark.parametrize(
+    "tool_choice",
+    [
+        {"type": "auto"},
+        {"type": "auto", "disable_parallel_tool_use": True},
+        {"type": "any"},
+        {"type": "tool", "name": "Bash"},
+        {"type": "none"},
+    ],
+)
+def test_a_claude_code_tool_loop_turn_on_the_local_model(
+    server: RunningServer, tool_choice: dict[str, Any]
+) -> None:
+    body = claude_code_body(MODEL, "List the files.", system_chars=200)
+    body.update(
+        messages=_tool_loop_history("List the files."),
+        tools=body["tools"][:4],
+        tool_choice=tool_choice,
+        max_tokens=32000,
+        temperature=0,
+        cache_control={"type": "ephemeral"},
+    )
+    body["tools"][0]["cache_control"] = {"type": "ephemeral"}
+    reply = _post(server, body)
+    assert reply.status_code == 200, reply.text
+    message = reply.json()
+    kinds = [block["type"] for block in message["content"]]
+    assert "thinking" not in kinds  # the embedded model's template has no thinking mode
+    if tool_choice["type"] in ("any", "tool"):  # grammar-constrained: always a call that parses
+        assert message["stop_reason"] == "tool_use" and "tool_use" in kinds
+        call = next(block for block in message["content"] if block["type"] == "tool_use")
+        assert isinstance(call["input"], dict) and "command" in call["input"]
+        if tool_choice["type"] == "tool":
+            assert call["name"] == "Bash"
+    if tool_choice["type"] == "none":
+        assert kinds == ["text"]
+    counted = _post(server, body, "/v1/messages/count_tokens?beta=true").json()["input_tokens"]
+    assert counted == message["usage"]["input_tokens"] + message["usage"]["cache_read_input_tokens"]
+
+
 def test_a_prompt_too_long_is_refused_in_anthropic_words(server: RunningServer) -> None:
     body = claude_code_body(MODEL, "List the files.", system_chars=60_000, stream=True)
     assert len(body["tools"]) == len(TOOL_NAMES) == 24
@@ -281,6 +345,15 @@ def test_claude_code_request_through_an_openai_upstream(tmp_path: Path) -> None:
             assert reply.status_code == 200, reply.text
             sent = upstream.bodies[-1]
             assert len(sent["tools"]) == 24 and "thinking" not in sent and "context_management" not in sent
+            assert "metadata" not in sent and sent["max_tokens"] == 32000
+            # The upstream's own refusal (a context overflow, say) reaches Claude Code as it wrote it.
+            upstream.mode = "400"
+            refused = _post(server, claude_code_body(MODEL, "hi"))
+            assert refused.status_code == 400
+            assert refused.json()["error"] == {
+                "type": "invalid_request_error",
+                "message": "fake upstream says 400",
+            }
     finally:
         upstream.stop()
 
