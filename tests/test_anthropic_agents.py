@@ -206,6 +206,17 @@ def test_reasoning_content_from_a_thinking_template(thinker: RunningServer) -> N
     message = reply.choices[0].message
     assert getattr(message, "reasoning_content", None)
     assert "<think>" not in (message.content or "")
+    # vLLM's and llama-server's switch turns the template's thinking mode off.
+    plain = thinker.client().chat.completions.create(
+        model="thinker",
+        messages=[{"role": "user", "content": "Why?"}],
+        max_tokens=16,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert getattr(plain.choices[0].message, "reasoning_content", None) is None
+    assert plain.choices[0].message.content
+    assert reply.usage is not None and plain.usage is not None
+    assert plain.usage.prompt_tokens < reply.usage.prompt_tokens  # no "<think>" opened
     response = thinker.client().responses.create(model="thinker", input="Why?", max_output_tokens=16)
     assert response.output[0].type == "reasoning"
     assert response.output[0].summary[0].text
