@@ -1,7 +1,7 @@
 """A fake Anthropic Messages upstream: a real uvicorn server on a free port, in a thread.
 
 Its ``mode`` picks how it behaves and can be changed while it runs; it records what it received
-(bodies, the ``x-api-key`` and ``anthropic-version`` headers).
+(bodies, the ``x-api-key``, ``anthropic-version`` and ``anthropic-beta`` headers, the query strings).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.routing import Route
 MODES = (
     "ok",  # answers with text
     "tools",  # answers with one tool_use block
+    "thinking",  # a thinking block (THOUGHTS, signed) before the text, as with extended thinking
     "400",
     "403",
     "413",
@@ -35,6 +36,8 @@ MODES = (
 PIECES = ("Hel", "lo", " from", " Claude", "!")
 INPUT_TOKENS, CACHE_READ = 11, 4
 TOOL_INPUT = {"city": "Paris"}
+THOUGHTS = ("Hmm, ", "a greeting.")
+SIGNATURE = "sig-fake-0123"
 _ERROR_TYPES = {
     400: "invalid_request_error",
     403: "permission_error",
@@ -52,6 +55,8 @@ class FakeAnthropic:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
     versions: list[str | None] = field(default_factory=list)
+    betas: list[str | None] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -96,6 +101,8 @@ class FakeAnthropic:
         self.bodies.append(body)
         self.keys.append(request.headers.get("x-api-key"))
         self.versions.append(request.headers.get("anthropic-version"))
+        self.betas.append(request.headers.get("anthropic-beta"))
+        self.queries.append(request.url.query)
         return body
 
     async def _count(self, request: Request) -> Response:
@@ -115,7 +122,10 @@ class FakeAnthropic:
     def _content(self) -> list[dict[str, Any]]:
         if self.mode == "tools":
             return [{"type": "tool_use", "id": "toolu_fake1", "name": "get_weather", "input": TOOL_INPUT}]
-        return [{"type": "text", "text": "".join(PIECES)}]
+        text = {"type": "text", "text": "".join(PIECES)}
+        if self.mode == "thinking":
+            return [{"type": "thinking", "thinking": "".join(THOUGHTS), "signature": SIGNATURE}, text]
+        return [text]
 
     def _message(self, body: dict[str, Any], content: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
         reason = ("tool_use" if self.mode == "tools" else "end_turn") if final else None
@@ -144,6 +154,7 @@ class FakeAnthropic:
             return
         yield event("message_start", message=self._message(body, [], final=False))
         yield event("ping")
+        at = 0  # the index of the last content block
         if self.mode == "tools":
             block = {"type": "tool_use", "id": "toolu_fake1", "name": "get_weather", "input": {}}
             yield event("content_block_start", index=0, content_block=block)
@@ -152,13 +163,23 @@ class FakeAnthropic:
                     "content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": part}
                 )
         else:
-            yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            if self.mode == "thinking":
+                block = {"type": "thinking", "thinking": "", "signature": ""}
+                yield event("content_block_start", index=0, content_block=block)
+                for thought in THOUGHTS:
+                    delta = {"type": "thinking_delta", "thinking": thought}
+                    yield event("content_block_delta", index=0, delta=delta)
+                signed = {"type": "signature_delta", "signature": SIGNATURE}
+                yield event("content_block_delta", index=0, delta=signed)
+                yield event("content_block_stop", index=0)
+                at = 1
+            yield event("content_block_start", index=at, content_block={"type": "text", "text": ""})
             pieces = PIECES[:2] if self.mode == "torn" else PIECES
             for piece in pieces:
-                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+                yield event("content_block_delta", index=at, delta={"type": "text_delta", "text": piece})
             if self.mode == "torn":
                 return
-        yield event("content_block_stop", index=0)
+        yield event("content_block_stop", index=at)
         reason = "tool_use" if self.mode == "tools" else "end_turn"
         yield event(
             "message_delta",

@@ -7,6 +7,7 @@ not fit is refused in Anthropic's words, which Claude Code acts on.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ import pytest
 from claude_code_request import BETA, TOOL_NAMES, claude_code_body
 from test_chat_template import _with_template
 
+import fake_anthropic
 from conftest import RunningServer, running_server
+from fake_anthropic import FakeAnthropic
 from fake_upstream import PIECES, REASONING, FakeUpstream
 from interference.engine import embedded_model_path
 
@@ -47,6 +50,70 @@ def test_claude_code_fields_are_accepted_on_the_local_model(server: RunningServe
     assert counted.status_code == 200, counted.text
     usage = message["usage"]
     assert counted.json()["input_tokens"] == usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+
+def _tool_loop_history(prompt: str) -> list[dict[str, Any]]:
+    """A Claude Code turn after one Bash call: its thinking, text and tool_use, the tool's result with
+    ``cache_control``, and a reminder as a system message between the turns."""
+    cached = {"type": "ephemeral"}
+    thought = {"type": "thinking", "thinking": "List them.", "signature": "c2lnbmF0dXJl"}
+    call = {"type": "tool_use", "id": "toolu_01A", "name": "Bash", "input": {"command": "ls"}}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01A",
+        "content": [{"type": "text", "text": "notes.txt", "cache_control": cached}],
+    }
+    return [
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [thought, {"type": "text", "text": "Listing."}, call]},
+        {"role": "system", "content": "Reminder: be brief."},
+        {"role": "user", "content": [result, {"type": "text", "text": "Go on.", "cache_control": cached}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "redacted_thinking", "data": "b3BhcXVl"}, {"type": "text", "text": "Done."}],
+        },
+        {"role": "user", "content": "Thanks."},
+    ]
+
+
+@pytest.mark.parametrize(
+    "tool_choice",
+    [
+        {"type": "auto"},
+        {"type": "auto", "disable_parallel_tool_use": True},
+        {"type": "any"},
+        {"type": "tool", "name": "Bash"},
+        {"type": "none"},
+    ],
+)
+def test_a_claude_code_tool_loop_turn_on_the_local_model(
+    server: RunningServer, tool_choice: dict[str, Any]
+) -> None:
+    body = claude_code_body(MODEL, "List the files.", system_chars=200)
+    body.update(
+        messages=_tool_loop_history("List the files."),
+        tools=body["tools"][:4],
+        tool_choice=tool_choice,
+        max_tokens=32000,
+        temperature=0,
+        cache_control={"type": "ephemeral"},
+    )
+    body["tools"][0]["cache_control"] = {"type": "ephemeral"}
+    reply = _post(server, body)
+    assert reply.status_code == 200, reply.text
+    message = reply.json()
+    kinds = [block["type"] for block in message["content"]]
+    assert "thinking" not in kinds  # the embedded model's template has no thinking mode
+    if tool_choice["type"] in ("any", "tool"):  # grammar-constrained: always a call that parses
+        assert message["stop_reason"] == "tool_use" and "tool_use" in kinds
+        call = next(block for block in message["content"] if block["type"] == "tool_use")
+        assert isinstance(call["input"], dict) and "command" in call["input"]
+        if tool_choice["type"] == "tool":
+            assert call["name"] == "Bash"
+    if tool_choice["type"] == "none":
+        assert kinds == ["text"]
+    counted = _post(server, body, "/v1/messages/count_tokens?beta=true").json()["input_tokens"]
+    assert counted == message["usage"]["input_tokens"] + message["usage"]["cache_read_input_tokens"]
 
 
 def test_a_prompt_too_long_is_refused_in_anthropic_words(server: RunningServer) -> None:
@@ -129,9 +196,94 @@ def test_reasoning_content_from_a_thinking_template(thinker: RunningServer) -> N
     message = reply.choices[0].message
     assert getattr(message, "reasoning_content", None)
     assert "<think>" not in (message.content or "")
+    # vLLM's and llama-server's switch turns the template's thinking mode off.
+    plain = thinker.client().chat.completions.create(
+        model="thinker",
+        messages=[{"role": "user", "content": "Why?"}],
+        max_tokens=16,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert getattr(plain.choices[0].message, "reasoning_content", None) is None
+    assert plain.choices[0].message.content
+    assert reply.usage is not None and plain.usage is not None
+    assert plain.usage.prompt_tokens < reply.usage.prompt_tokens  # no "<think>" opened
     response = thinker.client().responses.create(model="thinker", input="Why?", max_output_tokens=16)
     assert response.output[0].type == "reasoning"
     assert response.output[0].summary[0].text
+
+
+def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of every SSE event of an Anthropic stream."""
+    out, name = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = json.loads(line.removeprefix("data: "))
+            assert data["type"] == name
+            out.append((name, data))
+    return out
+
+
+def test_a_streamed_thought_is_the_whole_message_in_anthropic_order(thinker: RunningServer) -> None:
+    """The thinking block comes first and is signed before it stops; streamed or not, the same prompt and
+    the same start of the thought (greedy; a prompt read from the cache may drift later on)."""
+    body = claude_code_body("thinker", "Why is the sky blue?", system_chars=300)
+    body.update(max_tokens=24, temperature=0, tools=body["tools"][:2])
+    whole = _post(thinker, body)
+    assert whole.status_code == 200, whole.text
+    message = whole.json()
+    assert message["content"][0]["type"] == "thinking" and message["content"][0]["signature"]
+    assert all(block["type"] != "thinking" for block in message["content"][1:])
+    with (
+        thinker.http() as http,
+        http.stream(
+            "POST",
+            "/v1/messages?beta=true",
+            json={**body, "stream": True},
+            headers={"anthropic-version": "2023-06-01", "anthropic-beta": BETA},
+        ) as reply,
+    ):
+        assert reply.status_code == 200
+        events = _sse(reply)
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    assert events[2][1]["index"] == 0 and events[2][1]["content_block"]["type"] == "thinking"
+    first_stop = names.index("content_block_stop")
+    kinds = [data["delta"]["type"] for _, data in events[3:first_stop]]
+    assert kinds[-1] == "signature_delta" and set(kinds[:-1]) == {"thinking_delta"}
+    thought = "".join(data["delta"]["thinking"] for _, data in events[3 : first_stop - 1])
+    assert thought[:12] == message["content"][0]["thinking"][:12] and thought.strip()
+    # Every later block is a text or tool_use block, opened and closed in turn.
+    later = [data["content_block"]["type"] for name, data in events if name == "content_block_start"][1:]
+    assert set(later) <= {"text", "tool_use"}
+    assert names.count("content_block_start") == names.count("content_block_stop")
+
+    def prompt(usage: dict[str, int]) -> int:
+        return usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+    start_usage, end_usage = events[0][1]["message"]["usage"], events[-2][1]["usage"]
+    assert prompt(start_usage) == prompt(end_usage) == prompt(message["usage"]) > 0
+    assert 0 < end_usage["output_tokens"] <= 24 and 0 < message["usage"]["output_tokens"] <= 24
+
+
+def test_count_tokens_is_exact_with_thinking_on_and_off(thinker: RunningServer) -> None:
+    """The template opens the thinking block only when thinking is on: the count follows it exactly."""
+    body = claude_code_body("thinker", "Why is the sky blue?", system_chars=300)
+    body.update(max_tokens=8, temperature=0, tools=body["tools"][:3])
+    off = {**body, "thinking": {"type": "disabled"}}
+    counts = []
+    for request in (body, off):
+        counted = _post(thinker, request, "/v1/messages/count_tokens?beta=true")
+        assert counted.status_code == 200, counted.text
+        reply = _post(thinker, request)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+        assert counted.json()["input_tokens"] == usage["input_tokens"] + usage["cache_read_input_tokens"]
+        counts.append(counted.json()["input_tokens"])
+    assert counts[0] > counts[1]  # "<think>\n" opens the answer when thinking is on
+    assert all(block["type"] != "thinking" for block in reply.json()["content"])
 
 
 # ---------------------------------------------------------------------- through upstreams
@@ -194,5 +346,95 @@ def test_claude_code_request_through_an_openai_upstream(tmp_path: Path) -> None:
             assert reply.status_code == 200, reply.text
             sent = upstream.bodies[-1]
             assert len(sent["tools"]) == 24 and "thinking" not in sent and "context_management" not in sent
+            assert "metadata" not in sent and sent["max_tokens"] == 32000
+            # The upstream's own refusal (a context overflow, say) reaches Claude Code as it wrote it.
+            upstream.mode = "400"
+            refused = _post(server, claude_code_body(MODEL, "hi"))
+            assert refused.status_code == 400
+            assert refused.json()["error"] == {
+                "type": "invalid_request_error",
+                "message": "fake upstream says 400",
+            }
     finally:
         upstream.stop()
+
+
+# ---------------------------------------------------------------------- through an Anthropic upstream
+
+
+@pytest.fixture(scope="module")
+def claude_upstream(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningServer, FakeAnthropic]]:
+    tmp = tmp_path_factory.mktemp("claude-upstream")
+    upstream = FakeAnthropic(mode="thinking").start()
+    config = tmp / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "claude-up"\n[[models.deployments]]\ntype = "anthropic"\n'
+        f'base_url = "{upstream.url}"\nmodel = "claude-upstream"\n'
+    )
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
+            yield server, upstream
+    finally:
+        upstream.stop()
+
+
+def test_claude_code_fields_reach_an_anthropic_upstream(
+    claude_upstream: tuple[RunningServer, FakeAnthropic],
+) -> None:
+    server, upstream = claude_upstream
+    body = claude_code_body("claude-up", "hi", system_chars=27_000)
+    # An earlier turn's signed thinking block goes back as it came.
+    earlier = {"type": "thinking", "thinking": "Earlier.", "signature": fake_anthropic.SIGNATURE}
+    body["messages"] += [
+        {"role": "assistant", "content": [earlier, {"type": "text", "text": "Hello."}]},
+        {"role": "user", "content": "And now?"},
+    ]
+    for path in ("/v1/messages?beta=true", "/v1/messages/count_tokens?beta=true"):
+        reply = _post(server, body, path)
+        assert reply.status_code == 200, reply.text
+        assert upstream.betas[-1] == BETA
+        sent = upstream.bodies[-1]
+        assert sent["model"] == "claude-upstream"
+        for key in ("system", "tools", "thinking", "context_management", "metadata", "messages"):
+            assert sent[key] == body[key], key
+    message = _post(server, body).json()
+    assert message["content"][0] == {
+        "type": "thinking",
+        "thinking": "".join(fake_anthropic.THOUGHTS),
+        "signature": fake_anthropic.SIGNATURE,
+    }
+    # The SDK's beta client, streaming: the betas it names become the header.
+    client = anthropic.Anthropic(base_url=server.url, api_key="sk-local", max_retries=0)
+    with client.beta.messages.stream(
+        model="claude-up",
+        max_tokens=1000,
+        messages=[{"role": "user", "content": "hi"}],
+        thinking={"type": "enabled", "budget_tokens": 500},
+        betas=["interleaved-thinking-2025-05-14"],
+        extra_body={"context_management": body["context_management"]},
+    ) as stream:
+        final = stream.get_final_message()
+    assert upstream.betas[-1] == "interleaved-thinking-2025-05-14"
+    assert upstream.bodies[-1]["context_management"] == body["context_management"]
+    assert [b.type for b in final.content] == ["thinking", "text"]
+
+
+def test_anthropic_thinking_is_reasoning_content_for_openai_clients(
+    claude_upstream: tuple[RunningServer, FakeAnthropic],
+) -> None:
+    server, upstream = claude_upstream
+    thoughts, text = "".join(fake_anthropic.THOUGHTS), "".join(fake_anthropic.PIECES)
+    hi = [{"role": "user", "content": "hi"}]
+    whole = server.client().chat.completions.create(model="claude-up", messages=hi)  # type: ignore[arg-type]
+    assert getattr(whole.choices[0].message, "reasoning_content", None) == thoughts
+    assert whole.choices[0].message.content == text
+    assert upstream.betas[-1] is None  # an OpenAI client names no betas
+    chunks = list(server.client().chat.completions.create(model="claude-up", messages=hi, stream=True))  # type: ignore[arg-type]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [getattr(d, "reasoning_content", None) or "" for d in deltas]
+    assert "".join(reasoning) == thoughts
+    assert "".join(d.content or "" for d in deltas) == text
+    last_thought = max(i for i, r in enumerate(reasoning) if r)
+    assert all(not d.content for d in deltas[: last_thought + 1])  # reasoning streams before the answer

@@ -162,6 +162,7 @@ async def response_input_items(request: Request, response_id: str) -> Response:
 @api_router.post("/messages", openapi_extra=request_body(MessagesRequest))
 async def messages(request: Request) -> Response:
     body = await _parse(request, MessagesRequest)
+    body.set_beta(request.headers.get("anthropic-beta", ""))
     return await with_cancellation(
         request, _state(request).messages.create(body, record=_record(request, body.model))
     )
@@ -170,6 +171,7 @@ async def messages(request: Request) -> Response:
 @api_router.post("/messages/count_tokens", openapi_extra=request_body(CountTokensRequest))
 async def count_tokens(request: Request) -> Response:
     body = await _parse(request, CountTokensRequest)
+    body.set_beta(request.headers.get("anthropic-beta", ""))
     _record(request, body.model)
     return await with_cancellation(request, _state(request).messages.count_tokens(body))
 

@@ -12,7 +12,7 @@ from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["CHATML_TEMPLATE", "ChatTemplate", "TemplateError"]
+__all__ = ["CHATML_TEMPLATE", "THINKING_MARKERS", "ChatTemplate", "TemplateError"]
 
 # Used when a GGUF carries no template of its own.
 CHATML_TEMPLATE = (
@@ -21,6 +21,12 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# What a chat template with a thinking mode mentions: Qwen3 and SmolLM3 read ``enable_thinking``; Qwen3
+# and DeepSeek-R1 write ``<think>`` or cut earlier turns at ``</think>``; Qwen3 and GLM show earlier
+# turns' ``reasoning_content``. Such a model writes its reasoning between ``<think>`` and ``</think>``.
+THINKING_MARKERS = ("enable_thinking", "<think>", "</think>", "reasoning_content")
 
 
 class TemplateError(ValueError):
@@ -81,6 +87,11 @@ class ChatTemplate:
             raise TemplateError(f"the model's chat template does not compile: {exc}") from exc
         self._bos = bos_token
         self._eos = eos_token
+
+    @property
+    def has_thinking_mode(self) -> bool:
+        """Whether the template belongs to a model that reasons in ``<think>`` blocks."""
+        return any(marker in self.source for marker in THINKING_MARKERS)
 
     def render(
         self,

@@ -101,9 +101,8 @@ class Engine:
 
     @property
     def template_thinks(self) -> bool:
-        """Whether the model's chat template has a thinking mode (``enable_thinking``, ``<think>``)."""
-        source = self.template.source
-        return "enable_thinking" in source or "<think>" in source
+        """Whether the model's chat template has a thinking mode (``enable_thinking``, ``<think>``…)."""
+        return self.template.has_thinking_mode
 
     @property
     def template_renders_tools(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from .openai import ParamError, WireModel
 
@@ -153,6 +153,16 @@ class CountTokensRequest(WireModel):
     thinking: Thinking | None = None
     tool_choice: AnthropicToolChoice | None = None
     tools: Annotated[list[AnthropicTool], Field(max_length=128)] | None = None
+    # The request's ``anthropic-beta`` header (a comma list of beta names), set by the server from the
+    # HTTP request: Anthropic upstreams get it as sent, the other backends ignore it.
+    _beta: str = PrivateAttr(default="")
+
+    @property
+    def beta(self) -> str:
+        return self._beta
+
+    def set_beta(self, beta: str) -> None:
+        self._beta = beta
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> CountTokensRequest:

@@ -4,7 +4,8 @@ One direction serves Claude clients from OpenAI-compatible backends (the local e
 ``chat_request`` turns a Messages request into a ``ChatCompletionRequest`` and ``stop_reason`` names
 how it ended. The other serves OpenAI clients from an Anthropic upstream: ``messages_body`` turns a
 chat request into a Messages body, ``chat_choice`` / ``chat_usage`` read a whole Messages response,
-and ``EventTranslator`` turns a Messages event stream into OpenAI chunk choices.
+and ``EventTranslator`` turns a Messages event stream into OpenAI chunk choices (``thinking`` blocks
+become ``reasoning_content``, as vLLM and DeepSeek send a thinking model's reasoning).
 
 Problems a translation cannot express are ``ParamError``s (a 400 naming the parameter).
 """
@@ -342,12 +343,15 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
 def chat_choice(message: dict[str, Any]) -> dict[str, Any]:
     """A whole Messages response as one chat completion choice."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in message.get("content") or []:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text":
             texts.append(str(block.get("text", "")))
+        elif block.get("type") == "thinking":
+            thoughts.append(str(block.get("thinking", "")))
         elif block.get("type") == "tool_use":
             arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
             calls.append(
@@ -358,6 +362,8 @@ def chat_choice(message: dict[str, Any]) -> dict[str, Any]:
                 }
             )
     out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
+    if any(thoughts):  # as vLLM and DeepSeek return a thinking model's reasoning
+        out["reasoning_content"] = "".join(thoughts)
     if calls:
         out["tool_calls"] = calls
     return {"index": 0, "message": out, "finish_reason": finish_reason(message.get("stop_reason")) or "stop"}
@@ -400,11 +406,15 @@ class EventTranslator:
                 return [self._choice({"tool_calls": [head]})]
             if block.get("type") == "text" and block.get("text"):
                 return [self._choice({"content": block["text"]})]
+            if block.get("type") == "thinking" and block.get("thinking"):
+                return [self._choice({"reasoning_content": block["thinking"]})]
             return []
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._choice({"content": delta["text"]})]
+            if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                return [self._choice({"reasoning_content": delta["thinking"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 call = self._tool_blocks.get(event.get("index", 0), 0)
                 piece = {"index": call, "function": {"arguments": delta["partial_json"]}}

@@ -370,6 +370,14 @@ class ChatCompletionRequest(SamplingFields):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @property
+    def enable_thinking(self) -> bool | None:
+        """``chat_template_kwargs.enable_thinking`` (vLLM's and llama-server's switch for a thinking
+        template), when the client set it as a boolean; None leaves the template's default."""
+        kwargs = (self.model_extra or {}).get("chat_template_kwargs")
+        value = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+        return value if isinstance(value, bool) else None
+
 
 # --------------------------------------------------------------------------- completions
 

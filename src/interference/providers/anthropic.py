@@ -94,13 +94,13 @@ class AnthropicProvider(UpstreamProvider):
     async def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[MessageEvent]:
         body = request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
-        async for item in self._exchange(body, bool(request.stream)):
+        async for item in self._exchange(body, bool(request.stream), beta=request.beta):
             yield item if isinstance(item, MessageEvent) else MessageEvent("message", item)
 
     async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
         body = request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
-        result = await self._whole(self._urls["count_tokens"], body)
+        result = await self._whole(self._urls["count_tokens"], body, beta=request.beta)
         count = result.get("input_tokens")
         if not isinstance(count, int):
             raise UpstreamProtocolError("The upstream server sent a malformed token count.")
@@ -108,15 +108,17 @@ class AnthropicProvider(UpstreamProvider):
 
     # ------------------------------------------------------------------ the call
 
-    def _post(self, url: httpx.URL, body: dict[str, Any]) -> httpx.Request:
+    def _post(self, url: httpx.URL, body: dict[str, Any], beta: str = "") -> httpx.Request:
+        """The upstream call; ``beta``: the client's ``anthropic-beta`` header, passed on as sent."""
         if self._client is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
+        headers = {**self._headers, "anthropic-beta": beta} if beta else self._headers
         return httpx.Request(
-            "POST", url, content=orjson.dumps(body), headers=self._headers, extensions=self._extensions
+            "POST", url, content=orjson.dumps(body), headers=headers, extensions=self._extensions
         )
 
-    async def _whole(self, url: httpx.URL, body: dict[str, Any]) -> dict[str, Any]:
-        upstream_request = self._post(url, body)
+    async def _whole(self, url: httpx.URL, body: dict[str, Any], *, beta: str = "") -> dict[str, Any]:
+        upstream_request = self._post(url, body, beta)
         assert self._client is not None
         with self._translate_errors():
             response = await self._client.send(upstream_request, stream=True)
@@ -131,13 +133,13 @@ class AnthropicProvider(UpstreamProvider):
         return result
 
     async def _exchange(
-        self, body: dict[str, Any], is_streaming: bool
+        self, body: dict[str, Any], is_streaming: bool, *, beta: str = ""
     ) -> AsyncIterator[MessageEvent | dict[str, Any]]:
         """One Messages call: its events as they come (checked), or its whole body."""
         if not is_streaming:
-            yield await self._whole(self._urls["messages"], body)
+            yield await self._whole(self._urls["messages"], body, beta=beta)
             return
-        upstream_request = self._post(self._urls["messages"], body)
+        upstream_request = self._post(self._urls["messages"], body, beta)
         assert self._client is not None
         with self._translate_errors():
             response = await self._client.send(upstream_request, stream=True)
@@ -174,7 +176,7 @@ def _translated(translator: EventTranslator, event: MessageEvent) -> list[Delta]
     deltas = []
     for choice in translator.feed(event.data):
         delta = _choice_delta(choice, "chat", is_chunk=True)
-        if delta.text or delta.tool_calls or delta.finish_reason:
+        if delta.text or delta.reasoning or delta.tool_calls or delta.finish_reason:
             deltas.append(delta)
     if event.name == "message_stop" and translator.usage is not None:
         deltas.append(Delta(usage=_usage(translator.usage)))

@@ -104,7 +104,7 @@ class LocalProvider(Provider):
     # ------------------------------------------------------------------ requests
 
     def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        return self._chat(request, thinking=None, clamp=False)
+        return self._chat(request, thinking=request.enable_thinking, clamp=False)
 
     async def _chat(
         self, request: ChatCompletionRequest, *, thinking: bool | None, clamp: bool
