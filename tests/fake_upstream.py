@@ -12,8 +12,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from conftest import RunningServer, running_server
 
 MODES = (
     "ok",  # answers normally
@@ -443,3 +447,19 @@ _RAW_REPLY = {
     "choices": [{"index": 0, "message": {"role": "assistant", "content": RAW_TEXT}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
 }
+
+
+@contextmanager
+def upstream_gateway(tmp: Path, mode: str = "ok") -> Iterator[tuple[RunningServer, FakeUpstream]]:
+    """interference serving model "up" from one ``FakeUpstream`` in ``mode`` (an ``openai`` deployment)."""
+    upstream = FakeUpstream(mode=mode).start()
+    config = tmp / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
+        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
+    )
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
+            yield server, upstream
+    finally:
+        upstream.stop()

@@ -23,7 +23,7 @@ from test_chat_template import _with_template
 import fake_anthropic
 from conftest import RunningServer, running_server
 from fake_anthropic import FakeAnthropic
-from fake_upstream import PIECES, REASONING, FakeUpstream
+from fake_upstream import PIECES, REASONING, FakeUpstream, upstream_gateway
 from interference.engine import embedded_model_path
 
 MODEL = "claude-sonnet-4-5"  # a default alias of the embedded model
@@ -291,18 +291,8 @@ def test_count_tokens_is_exact_with_thinking_on_and_off(thinker: RunningServer) 
 
 @pytest.fixture(scope="module")
 def reasoning_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    tmp = tmp_path_factory.mktemp("reasoning-upstream")
-    upstream = FakeUpstream(mode="reasoning").start()
-    config = tmp / "gateway.toml"
-    config.write_text(
-        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
-        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
-    )
-    try:
-        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
-            yield server
-    finally:
-        upstream.stop()
+    with upstream_gateway(tmp_path_factory.mktemp("reasoning-upstream"), mode="reasoning") as (server, _):
+        yield server
 
 
 def test_upstream_reasoning_content_everywhere(reasoning_upstream: RunningServer) -> None:

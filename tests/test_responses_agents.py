@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from conftest import RunningServer, running_server
-from fake_upstream import FakeUpstream
+from fake_upstream import FakeUpstream, upstream_gateway
 
 MODEL = "gpt-4o"
 WEATHER = {
@@ -231,28 +231,19 @@ def test_get_delete_and_input_items(client: openai.OpenAI, server: RunningServer
 
 
 def test_instructions_are_not_carried_over(tmp_path: Path) -> None:
-    upstream = FakeUpstream().start()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
-        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
-    )
-    try:
-        with running_server("--config", str(config), "--no-embeddings", tmp=tmp_path) as server:
-            client = server.client()
-            first = client.responses.create(model="up", input="Turn one.", instructions="Old rules.")
-            client.responses.create(
-                model="up", input="Turn two.", instructions="New rules.", previous_response_id=first.id
-            )
-            sent = upstream.bodies[-1]["messages"]
-            assert sent[0] == {"role": "system", "content": "New rules."}
-            assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
-            # Stored input comes back as parts; the new input is sent as it came.
-            assert sent[1]["content"] in ("Turn one.", [{"type": "text", "text": "Turn one."}])
-            assert sent[3]["content"] == "Turn two."
-            assert all(m.get("content") != "Old rules." for m in sent)
-    finally:
-        upstream.stop()
+    with upstream_gateway(tmp_path) as (server, upstream):
+        client = server.client()
+        first = client.responses.create(model="up", input="Turn one.", instructions="Old rules.")
+        client.responses.create(
+            model="up", input="Turn two.", instructions="New rules.", previous_response_id=first.id
+        )
+        sent = upstream.bodies[-1]["messages"]
+        assert sent[0] == {"role": "system", "content": "New rules."}
+        assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+        # Stored input comes back as parts; the new input is sent as it came.
+        assert sent[1]["content"] in ("Turn one.", [{"type": "text", "text": "Turn one."}])
+        assert sent[3]["content"] == "Turn two."
+        assert all(m.get("content") != "Old rules." for m in sent)
 
 
 def test_owner_only_and_survives_restart(tmp_path: Path) -> None:
@@ -303,18 +294,8 @@ def test_store_bounds(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tool_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, FakeUpstream]]:
-    tmp = tmp_path_factory.mktemp("responses-tools")
-    upstream = FakeUpstream(mode="tools").start()
-    config = tmp / "gateway.toml"
-    config.write_text(
-        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
-        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
-    )
-    try:
-        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
-            yield server, upstream
-    finally:
-        upstream.stop()
+    with upstream_gateway(tmp_path_factory.mktemp("responses-tools"), mode="tools") as gateway:
+        yield gateway
 
 
 def test_upstream_tool_calls_and_outputs(tool_gateway: tuple[RunningServer, FakeUpstream]) -> None:
