@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from grammar_check import grammars  # noqa: F401 - a fixture, for the tests of grammars
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,6 +7,7 @@ and through a scripted OpenAI-compatible upstream (what the upstream receives is
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,83 @@ def test_custom_tool_call_item(client: openai.OpenAI) -> None:
         return
     assert call.type == "custom_tool_call" and call.name == "apply_patch"
     assert isinstance(call.input, str)
+
+
+CD_REGEX = r"cd [a-z]{1,8}(/[a-z]{1,8}){0,2}"
+CD = {
+    "type": "custom",
+    "name": "change_dir",
+    "description": "Change directory",
+    "format": {"type": "grammar", "syntax": "regex", "definition": CD_REGEX},
+}
+LIST_LARK = r"""start: "ls" (" -" FLAG~1..3)? " " PATH
+FLAG: "a" | "l" | "h"
+PATH: /[a-z.]{1,10}/
+"""
+LS = {
+    "type": "custom",
+    "name": "list_files",
+    "description": "List files",
+    "format": {"type": "grammar", "syntax": "lark", "definition": LIST_LARK},
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_custom_tool_formats_are_enforced(client: openai.OpenAI, seed: int) -> None:
+    import lark
+
+    for tool, check in (
+        (CD, lambda text: re.fullmatch(CD_REGEX, text) is not None),
+        (LS, lambda text: bool(lark.Lark(LIST_LARK).parse(text))),
+    ):
+        response = client.responses.create(
+            model=MODEL,
+            input="Go ahead.",
+            tools=[tool],
+            tool_choice={"type": "custom", "name": tool["name"]},
+            temperature=1.0,
+            extra_body={"seed": seed},
+            max_output_tokens=120,
+        )
+        assert response.status == "completed"
+        call = response.output[0]
+        assert call.type == "custom_tool_call" and call.name == tool["name"]
+        assert check(call.input), call.input
+
+
+STRICT_CITY = {
+    **WEATHER,
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]{1,12}$"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_optional_calls_to_strict_tools_follow_their_schemas(client: openai.OpenAI, seed: int) -> None:
+    """With tool_choice auto the answer is text or calls; a call's arguments (or input) always fit."""
+    import jsonschema
+
+    response = client.responses.create(
+        model=MODEL,
+        input="Use get_weather for Paris, or change_dir to go to src.",
+        tools=[STRICT_CITY, CD],
+        temperature=1.0,
+        extra_body={"seed": seed},
+        max_output_tokens=120,
+    )
+    assert response.status in ("completed", "incomplete")
+    for item in response.output:
+        if item.type == "function_call":
+            jsonschema.validate(json.loads(item.arguments), STRICT_CITY["parameters"])
+        elif item.type == "custom_tool_call":
+            assert re.fullmatch(CD_REGEX, item.input), item.input
+        else:
+            assert item.type == "message"
+            assert "<tool_call>" not in item.content[0].text
 
 
 def test_hosted_tools_are_left_out_and_named(server: RunningServer) -> None:

@@ -19,10 +19,19 @@ and ``format: date`` allows February 29 in any year). Deliberate narrowings (all
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from fractions import Fraction
 from typing import Any
+
+from .gbnf import class_char as _class_char
+from .gbnf import group as _group
+from .gbnf import integers as _integers
+from .gbnf import literal as _lit
+from .gbnf import naturals as _naturals
+from .gbnf import repeat as _repeat
+from .gbnf import seq as _seq
 
 __all__ = ["JSON_OBJECT_GBNF", "UnsupportedSchema", "schema_to_gbnf"]
 
@@ -34,6 +43,9 @@ class UnsupportedSchema(ValueError):
         super().__init__(message)
         self.keyword = keyword
         self.path = path  # dotted location of the schema holding the keyword; "" is the root
+
+
+logger = logging.getLogger(__name__)
 
 
 def _bad(keyword: str, path: str, message: str) -> UnsupportedSchema:
@@ -48,7 +60,7 @@ _IGNORED = frozenset(
 _TYPE_KEYWORDS: dict[str, frozenset[str]] = {
     "object": frozenset({"properties", "required", "additionalProperties", "unevaluatedProperties"}),
     "array": frozenset({"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"}),
-    "string": frozenset({"minLength", "maxLength", "format"}),
+    "string": frozenset({"minLength", "maxLength", "format", "pattern", "x-grammar"}),
     "number": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
 }
 _COMBINATORS = ("$ref", "allOf", "anyOf", "oneOf")
@@ -80,112 +92,21 @@ _DATE = f'[0-9]{{4}} "-" ({_MONTH_DAY} | "02-" {_DAY}))'
 _TIME = f'{_HOUR} ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]+)? ("Z" | ("+" | "-") {_HOUR} ":" [0-5] [0-9])'
 _UUID = ' "-" '.join(f"{_HEX}{{{n}}}" for n in (8, 4, 4, 4, 12))
 _FORMATS = {"date": _DATE, "time": _TIME, "date-time": f'{_DATE} "T" {_TIME}', "uuid": _UUID}
-_MAX_REPEAT = 1000  # llama.cpp refuses a minimum repetition count above 2000
 _NAME = re.compile(r"[a-zA-Z0-9-]+")
 
 
-_LITERAL_ESCAPES = {i: f"\\x{i:02X}" for i in [*range(0x20), 0x7F]} | {
-    ord(c): e for c, e in zip('"\\\n\r\t', ('\\"', "\\\\", "\\n", "\\r", "\\t"), strict=True)
-}
-
-
-def _lit(text: str) -> str:
-    """A GBNF string literal matching ``text`` exactly."""
-    return '"' + text.translate(_LITERAL_ESCAPES) + '"'
-
-
-def _class_char(ch: str) -> str:
-    cp = ord(ch)
-    return f"\\x{cp:02X}" if cp < 0x100 else f"\\u{cp:04X}" if cp < 0x10000 else f"\\U{cp:08X}"
-
-
-def _seq(*parts: str | None) -> str:
-    return " ".join(p for p in parts if p)
-
-
-def _group(alts: list[str]) -> str:
-    return alts[0] if len(alts) == 1 else "(" + " | ".join(alts) + ")"
-
-
-def _repeat(item: str, lo: int, hi: int | None) -> str:
-    """``item`` (already a single GBNF term) repeated lo..hi times (hi None: unbounded)."""
-    parts = []
-    if lo > _MAX_REPEAT:
-        q, lo = divmod(lo, _MAX_REPEAT)
-        parts.append(f"({item}{{{_MAX_REPEAT}}}){{{q}}}")
-        hi = None if hi is None else hi - q * _MAX_REPEAT
-    if hi is None:
-        parts.append({0: f"{item}*", 1: f"{item}+"}.get(lo, f"{item}{{{lo},}}"))
-    elif hi > 0:
-        counts = f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
-        parts.append(f"{item}?" if (lo, hi) == (0, 1) else item if lo == hi == 1 else item + counts)
-    return " ".join(parts)
-
-
-def _same_length(lo: str, hi: str) -> list[str]:
-    """Alternatives matching the digit strings of one length from ``lo`` to ``hi``."""
-    if lo == hi:
-        return [_lit(lo)]
-    if len(lo) == 1:
-        return [f"[{lo}-{hi}]"]
-    rest = len(lo) - 1
-    if lo[0] == hi[0]:
-        rest_alts = _same_length(lo[1:], hi[1:])
-        if re.fullmatch(r'"[0-9]+"', rest_alts[0]):  # one literal: merge "1" "23" into "123"
-            return [_lit(lo[0] + rest_alts[0][1:-1])]
-        return [f"{_lit(lo[0])} {_group(rest_alts)}"]
-    out = []
-    low_full, high_full = lo[1:] == "0" * rest, hi[1:] == "9" * rest
-    if not low_full:
-        out.append(f"{_lit(lo[0])} {_group(_same_length(lo[1:], '9' * rest))}")
-    first, last = int(lo[0]) + (not low_full), int(hi[0]) - (not high_full)
-    if first <= last:
-        digit = _lit(str(first)) if first == last else f"[{first}-{last}]"
-        out.append(f"{digit} {_repeat('[0-9]', rest, rest)}")
-    if not high_full:
-        out.append(f"{_lit(hi[0])} {_group(_same_length('0' * rest, hi[1:]))}")
-    return out
-
-
-def _naturals(lo: int, hi: int | None) -> str:
-    """Non-negative integers lo..hi (hi None: unbounded) without leading zeros; assumes lo <= hi."""
-    top = hi if hi is not None else 10 ** len(str(lo)) - 1
-    alts = []
-    for n in range(len(str(lo)), len(str(top)) + 1):
-        a, b = max(lo, 10 ** (n - 1) if n > 1 else 0), min(top, 10**n - 1)
-        alts += _same_length(str(a), str(b))
-    if hi is None:
-        alts.append(f"[1-9] {_repeat('[0-9]', len(str(lo)), None)}")
-    return _group(alts)
-
-
-def _integers(a: int | None, b: int | None) -> list[str]:
-    """Alternatives matching the JSON integers a..b (None: unbounded on that side)."""
-    alts = []
-    if b is None or b >= 0:
-        low = 0 if a is None else max(a, 0)
-        if b is None or low <= b:
-            alts.append(_naturals(low, b))
-    if a is None or a < 0:
-        low, high = (1 if b is None or b >= 0 else -b), (None if a is None else -a)
-        if high is None or low <= high:
-            alts.append(f'"-" {_naturals(low, high)}')
-    if (a is None or a <= 0) and (b is None or b >= 0):
-        alts.append('"-0"')  # valid JSON for zero
-    return alts
-
-
 class _Converter:
-    def __init__(self, root: dict[str, Any]) -> None:
+    def __init__(self, root: dict[str, Any], name: str, reserved: frozenset[str]) -> None:
         self.root = root
-        self.rules: dict[str, str] = {"root": ""}
+        self.rules: dict[str, str] = {name: ""}
+        self.reserved = reserved | {"root", name}
         self.by_body: dict[str, str] = {}
-        self.refs: dict[str, str] = {"#": "root"}
+        self.refs: dict[str, str] = {"#": name}
 
     # -- rules -------------------------------------------------------------------------------------
     def _fresh(self, hint: str) -> str:
         base = "-".join(_NAME.findall(hint.replace("properties.", "")))[-40:].strip("-") or "doc"
-        if base in _PRIMITIVES or base == "root":
+        if base in _PRIMITIVES or base in self.reserved:
             base += "-"
         name, i = base, 1
         while name in self.rules:
@@ -382,6 +303,12 @@ class _Converter:
     def _string(self, schema: dict[str, Any], path: str) -> str:
         low, high = _count(schema, "minLength", path) or 0, _count(schema, "maxLength", path)
         fmt = schema.get("format")
+        text = self._text(schema, path)
+        if text is not None:
+            for kw in ("format", "minLength", "maxLength"):
+                if kw in schema:
+                    raise _bad(kw, path, f"{kw} beside a pattern or grammar")
+            return self.rule(path, _seq('"\\""', text, '"\\""', self.prim("space")))
         if fmt is not None:
             if fmt not in _FORMATS:
                 raise _bad("format", path, f"format {fmt!r} is not supported")
@@ -395,6 +322,39 @@ class _Converter:
             return self.prim("string")
         chars = _repeat(self.prim("char"), low, high)
         return self.rule(path, _seq('"\\""', chars, '"\\""', self.prim("space")))
+
+    def _text(self, schema: dict[str, Any], path: str) -> str | None:
+        """A term for the inside of a string whose text follows ``pattern`` (a regular expression,
+        found anywhere unless anchored) or ``x-grammar`` (``{"syntax": "lark" | "regex",
+        "definition": ...}``, a custom tool's format: one it cannot read is left unenforced)."""
+        from .lark_grammar import text_rules
+        from .text_grammar import TextGrammarError
+
+        def reserve(hint: str) -> str:
+            name = self._fresh(f"{path}-{hint}")
+            self.rules[name] = "?"
+            return name
+
+        pattern, grammar = schema.get("pattern"), schema.get("x-grammar")
+        if pattern is not None and grammar is not None:
+            raise _bad("pattern", path, "pattern beside x-grammar")
+        try:
+            if pattern is not None:
+                if not isinstance(pattern, str):
+                    raise _bad("pattern", path, "pattern must be a string")
+                start, rules = text_rules("pattern", pattern, json_string=True, reserve=reserve)
+            elif isinstance(grammar, dict):
+                syntax, definition = grammar.get("syntax"), grammar.get("definition")
+                start, rules = text_rules(str(syntax), str(definition), json_string=True, reserve=reserve)
+            else:
+                return None
+        except TextGrammarError as exc:
+            if pattern is not None:
+                raise _bad("pattern", path, str(exc)) from None
+            logger.warning("a custom tool's grammar is not enforced: %s", exc)
+            return None
+        self.rules.update(rules)
+        return start
 
     def _number(self, schema: dict[str, Any], path: str, *, integer: bool) -> str:
         lo, lo_open, lo_kw = _bound(schema, "minimum", "exclusiveMinimum", True, path)
@@ -470,10 +430,13 @@ def _bound(
     return value, is_open, key
 
 
-def schema_to_gbnf(schema: dict[str, Any]) -> str:
-    """A GBNF grammar (root rule ``root``) for the JSON documents valid against ``schema``."""
-    conv = _Converter(schema)
-    conv.rules["root"] = conv.visit(schema, "")
+def schema_to_gbnf(
+    schema: dict[str, Any], *, root: str = "root", reserved: frozenset[str] = frozenset()
+) -> str:
+    """A GBNF grammar for the JSON documents valid against ``schema``, whose rule ``root`` matches a
+    document; no other rule is named ``root`` or one of ``reserved`` (so rules may be added)."""
+    conv = _Converter(schema, root, reserved)
+    conv.rules[root] = conv.visit(schema, "")
     return "".join(f"{name} ::= {body}\n" for name, body in conv.rules.items())
 
 

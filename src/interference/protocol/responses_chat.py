@@ -75,15 +75,19 @@ def _function(tool: FunctionTool | CustomTool, namespace: str | None) -> dict[st
     if isinstance(tool, CustomTool):
         description = tool.description or ""
         fmt = tool.format or {}
+        parameters = _CUSTOM_PARAMETERS
         if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
-            syntax = fmt.get("syntax") or "grammar"
+            syntax = fmt.get("syntax") or "lark"
             description += f"\nThe input must follow this {syntax} definition:\n{fmt['definition']}"
+            # Local engines enforce it (a vendor keyword; other JSON Schema readers ignore it).
+            text = {"type": "string", "x-grammar": {"syntax": syntax, "definition": fmt["definition"]}}
+            parameters = {**_CUSTOM_PARAMETERS, "properties": {"input": text}}
         return {
             "type": "function",
             "function": {
                 "name": flat_name(tool.name, namespace),
                 "description": description.strip(),
-                "parameters": _CUSTOM_PARAMETERS,
+                "parameters": parameters,
             },
         }
     function: dict[str, Any] = {"name": flat_name(tool.name, namespace)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..engine import Engine, EngineRequest, EngineUnavailable, QueueFull, SamplingParams
@@ -29,8 +29,17 @@ from ..protocol import (
 from ..protocol.anthropic import ImageBlock
 from .base import Delta, MessageEvent, Provider, ProviderStats, TokenUsage, chat_from_messages
 from .choices import chat_logprobs, completion_logprobs, merge, shape_tool_calls
-from .reasoning import OPEN, split_reasoning
-from .tools import call_schema, message_dicts, offered_tools, tool_mode
+from .reasoning import CLOSE, OPEN, split_reasoning
+from .tools import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    call_schema,
+    enforced_in_auto,
+    max_calls,
+    message_dicts,
+    offered_tools,
+    tool_mode,
+)
 
 __all__ = ["LocalProvider"]
 
@@ -114,7 +123,7 @@ class LocalProvider(Provider):
         self._check_n(request)
         mode = tool_mode(request)
         # Rendering, tokenizing and compiling a schema grow with the request: off the event loop.
-        prompt, grammar = await asyncio.to_thread(self._chat_prompt, request, mode, thinking)
+        prompt, grammar, tagged = await asyncio.to_thread(self._chat_prompt, request, mode, thinking)
         top = (request.top_logprobs or 0) if request.logprobs else None
         plan = _Plan(
             prompt,
@@ -125,26 +134,34 @@ class LocalProvider(Provider):
             group=_group(request),
             clamp=clamp,
         )
-        thinks = self.engine.template_thinks and grammar is None
-        opened = thinks and self.engine.detokenize(prompt[-8:]).rstrip().endswith(OPEN)
+        # A tagged-calls grammar leaves the answer free text (reasoning included); others make it JSON.
+        constrained = grammar is not None and not tagged
+        thinks = self.engine.template_thinks and not constrained
+        opened = thinks and self._opens_thinking(prompt)
         choices: list[AsyncIterator[Delta]] = []
         for i in range(request.n or 1):
             choice = self._generate(plan, request, index=i)
             if thinks:
                 choice = split_reasoning(choice, opened=opened)
             if mode != "none":
-                choice = shape_tool_calls(
-                    choice, tools=list(request.tools or []), constrained=grammar is not None
-                )
+                choice = shape_tool_calls(choice, tools=list(request.tools or []), constrained=constrained)
             choices.append(choice)
         async for delta in merge(choices):
             yield delta
 
     def _chat_prompt(
         self, request: ChatCompletionRequest, mode: str, thinking: bool | None
-    ) -> tuple[list[int], str | None]:
-        """The prompt's tokens and the output grammar, if any (runs in a worker thread)."""
-        return self._render(request, mode, thinking), self._grammar(request, mode)
+    ) -> tuple[list[int], str | None, bool]:
+        """The prompt's tokens, the output grammar if any, and whether that grammar is the tagged-calls
+        one of optional calls (runs in a worker thread)."""
+        prompt = self._render(request, mode, thinking)
+        if enforced_in_auto(request):
+            return prompt, self._tagged_grammar(request, prompt), True
+        return prompt, self._grammar(request, mode), False
+
+    def _opens_thinking(self, prompt: list[int]) -> bool:
+        """Whether the rendered prompt already opened the reasoning (the model goes on inside it)."""
+        return self.engine.detokenize(prompt[-8:]).rstrip().endswith(OPEN)
 
     def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
         """Claude clients always send ``thinking`` and a large ``max_tokens``: a model without a thinking
@@ -223,23 +240,46 @@ class LocalProvider(Provider):
             )
 
     def _grammar(self, request: ChatCompletionRequest, mode: str) -> str | None:
-        from ..engine.json_schema import JSON_OBJECT_GBNF, UnsupportedSchema, schema_to_gbnf
+        from ..engine.json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
 
-        schema: dict[str, Any] | None = None
-        param = "response_format"
         if mode in ("required", "named"):
-            schema, param = call_schema(request), "tools"
-        elif request.response_format is not None and request.response_format.type == "json_object":
+            return self._compiled(call_schema(request), "tools", schema_to_gbnf)
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_object":
             return JSON_OBJECT_GBNF
-        elif request.response_format is not None and request.response_format.type == "json_schema":
-            assert request.response_format.json_schema is not None
-            schema = request.response_format.json_schema.schema_
-            if not schema:
-                return JSON_OBJECT_GBNF
-        if schema is None:
-            return None
+        if fmt is not None and fmt.type == "json_schema":
+            assert fmt.json_schema is not None
+            schema = fmt.json_schema.schema_
+            return self._compiled(schema, "response_format", schema_to_gbnf) if schema else JSON_OBJECT_GBNF
+        return None
+
+    def _tagged_grammar(self, request: ChatCompletionRequest, prompt: list[int]) -> str:
+        from ..engine.call_grammar import tagged_calls_gbnf
+
+        think = (OPEN, CLOSE) if self.engine.template_thinks else None
+        opened = think is not None and self._opens_thinking(prompt)
+
+        def build(schema: dict[str, Any]) -> str:
+            return tagged_calls_gbnf(
+                schema,
+                open_tag=TOOL_CALL_OPEN,
+                close_tag=TOOL_CALL_CLOSE,
+                max_calls=max_calls(request),
+                think=think,
+                thinking_open=opened,
+            )
+
+        return self._compiled(call_schema(request, one=True), "tools", build)
+
+    def _compiled(self, schema: dict[str, Any], param: str, build: Callable[[dict[str, Any]], str]) -> str:
+        """The grammar ``build`` makes of ``schema``, checked by llama.cpp. A custom tool's format that
+        llama.cpp cannot take (left recursion, say) is left unenforced rather than refused."""
+        from ..engine.json_schema import UnsupportedSchema
+
         try:
-            gbnf = schema_to_gbnf(schema)
+            gbnf = build(schema)
+            if not self.engine.check_grammar(gbnf) and _has_text_grammar(schema):
+                gbnf = build(_without_text_grammars(schema))
         except UnsupportedSchema as exc:
             raise UnsupportedParameter(
                 f"JSON schema keyword '{exc.keyword}' (at {exc.path or 'the root'}) is not supported: {exc}",
@@ -352,3 +392,15 @@ class LocalProvider(Provider):
             seed=None if request.seed is None else (request.seed + index) & 0xFFFFFFFF,
             logit_bias=tuple(bias),
         )
+
+
+def _has_text_grammar(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return "x-grammar" in schema or any(_has_text_grammar(v) for v in schema.values())
+    return isinstance(schema, list) and any(_has_text_grammar(v) for v in schema)
+
+
+def _without_text_grammars(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_text_grammars(v) for k, v in schema.items() if k != "x-grammar"}
+    return [_without_text_grammars(v) for v in schema] if isinstance(schema, list) else schema

@@ -4,7 +4,9 @@ Models whose chat template knows nothing of tools get them described in a system
 asked to answer a call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the format
 Hermes- and Qwen-style models were trained on). When the request makes a call mandatory
 (``tool_choice`` "required" or a named function), the output is constrained by a JSON schema
-grammar, so the arguments always parse.
+grammar, so the arguments always parse. When it is optional, a grammar applies only if some tool asks
+for it (``strict``, or a custom tool's format): then the answer is free text or tagged calls whose
+arguments follow the schemas (``engine/call_grammar.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from ..protocol import (
 )
 
 __all__ = [
+    "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "call_schema",
     "calls_from_json",
+    "enforced_in_auto",
+    "max_calls",
     "message_dicts",
     "offered_tools",
     "parse_tagged_calls",
@@ -142,23 +147,49 @@ def _arguments_schema(tool: Tool) -> dict[str, Any]:
     return params
 
 
-def call_schema(request: ChatCompletionRequest) -> dict[str, Any]:
-    """A JSON schema for a mandatory call: one call object, or a list of them when parallel calls are on."""
+def _enforced(tool: Tool) -> bool:
+    """Whether a call's arguments must follow the tool's schema even when calling it is optional:
+    ``strict`` functions, and the custom tools whose input has a format (``x-grammar``)."""
+    if tool.function.strict:
+        return True
+    props = (tool.function.parameters or {}).get("properties")
+    return isinstance(props, dict) and isinstance(props.get("input"), dict) and "x-grammar" in props["input"]
+
+
+def enforced_in_auto(request: ChatCompletionRequest) -> bool:
+    """Whether an optional call is grammar-constrained: some offered tool asks for it."""
+    return tool_mode(request) == "auto" and any(_enforced(t) for t in offered_tools(request))
+
+
+def max_calls(request: ChatCompletionRequest) -> int:
+    single = request.parallel_tool_calls is False or isinstance(request.tool_choice, NamedToolChoice)
+    return 1 if single else MAX_PARALLEL_CALLS
+
+
+def call_schema(request: ChatCompletionRequest, *, one: bool = False) -> dict[str, Any]:
+    """A JSON schema for a mandatory call: one call object, or a list of them when parallel calls are on.
+
+    ``one``: the schema of one call written in free text (``tool_choice: auto``), where only the
+    enforced tools' arguments follow their schemas and the others are any object."""
     tools = offered_tools(request)
+    loose = {"type": "object", "additionalProperties": True}
     alternatives = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.function.name}, "arguments": _arguments_schema(t)},
+            "properties": {
+                "name": {"const": t.function.name},
+                "arguments": _arguments_schema(t) if not one or _enforced(t) else loose,
+            },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
         for t in tools
     ]
-    one = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
-    if request.parallel_tool_calls is False or isinstance(request.tool_choice, NamedToolChoice):
-        schema = dict(one)
+    single = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    if one or max_calls(request) == 1:
+        schema = dict(single)
     else:
-        schema = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}
+        schema = {"type": "array", "items": single, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}
     # "$ref": "#/$defs/X" inside a tool's parameters resolves from the document root: hoist the definitions.
     defs: dict[str, Any] = {}
     for t in tools:
