@@ -129,7 +129,7 @@ LS = {
 }
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_custom_tool_formats_are_enforced(client: openai.OpenAI, seed: int) -> None:
     import lark
 
@@ -163,7 +163,7 @@ STRICT_CITY = {
 }
 
 
-@pytest.mark.parametrize("seed", [3, 4, 5])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_optional_calls_to_strict_tools_follow_their_schemas(client: openai.OpenAI, seed: int) -> None:
     """With tool_choice auto the answer is text or calls; a call's arguments (or input) always fit."""
     import jsonschema
@@ -174,7 +174,7 @@ def test_optional_calls_to_strict_tools_follow_their_schemas(client: openai.Open
         tools=[STRICT_CITY, CD],
         temperature=1.0,
         extra_body={"seed": seed},
-        max_output_tokens=120,
+        max_output_tokens=64,
     )
     assert response.status in ("completed", "incomplete")
     for item in response.output:
