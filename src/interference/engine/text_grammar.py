@@ -17,8 +17,8 @@ import json
 import re
 
 # Python's own regular-expression parser is the reference reading of the syntax.
-import re._constants as _C
-import re._parser as _P
+import re._constants as _C  # type: ignore[import-not-found]
+import re._parser as _P  # type: ignore[import-not-found]
 from dataclasses import dataclass
 
 from .gbnf import class_char, group, literal, repeat
