@@ -18,6 +18,7 @@ from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Route, Router
 from ..state import ResponseStore, StoreBounds, default_responses_db
 from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
+from .dispatch import install_exact_routes
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, routes: list[Route] | None = None) -> Fast
     app.include_router(health_router)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router)
+    install_exact_routes(app, [("", health_router), ("/v1", api_router), ("", api_router)])
     install_page(app)
     install_openapi(app, REQUEST_MODELS)
     app.add_middleware(
