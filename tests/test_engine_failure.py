@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 
 from conftest import free_port, running_server
-from interference.api.app import create_app
+from interference.assembly import build_app
 from interference.config import load_settings
 from interference.engine.handle import HandleState, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from interference.engine.types import EngineRequest
@@ -44,7 +44,7 @@ class InProcessServer:
 @pytest.fixture()
 def inproc() -> Iterator[InProcessServer]:
     settings = load_settings({"parallel": 1, "embeddings": False, "threads": 2}, env={})
-    app = create_app(settings)
+    app = build_app(settings)
     managed = next(p for p in app.state.interference.router.providers if isinstance(p, ManagedLocalProvider))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=2))

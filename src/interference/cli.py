@@ -221,13 +221,13 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
 
-    from .api.app import create_app
+    from .assembly import build_app
     from .engine import ModelLoadError
     from .engine._llama import quiet_llama_logs
 
     quiet_llama_logs(verbose=settings.log_level == "debug")
     try:
-        app = create_app(settings)
+        app = build_app(settings)
     except ModelLoadError as exc:
         sock.close()
         return _fail(str(exc))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ..assembly import build_router
 from ..config import Settings
 from ..errors import ModelNotFound
 from ..protocol import (
@@ -16,7 +17,6 @@ from ..protocol import (
     MessagesRequest,
 )
 from ..providers.base import Delta, Embeddings, MessageEvent, Provider
-from ..providers.factory import build_router
 
 __all__ = ["EngineReplica", "RouteInfo"]
 
