@@ -75,8 +75,8 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
     import uvicorn
 
     from interference.assembly import build_app
-    from interference.config import load_settings
     from interference.providers import upstream
+    from interference.settings import load_settings
 
     if transport == "httpcore":
         upstream._transport = lambda: None  # httpx's default transport (httpcore's pool)

@@ -27,10 +27,10 @@ from typing import Any
 
 from interference.api.app import create_app
 from interference.api.request_log import RequestIdMiddleware
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider, TokenUsage
 from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 DELTAS = 64
 CHAT = json.dumps(

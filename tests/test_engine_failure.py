@@ -25,11 +25,11 @@ import uvicorn
 
 from conftest import free_port, running_server
 from interference.assembly import build_app
-from interference.config import load_settings
 from interference.engine.handle import HandleState, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from interference.engine.types import EngineRequest
 from interference.providers.local import LocalProvider
 from interference.providers.managed import ManagedLocalProvider
+from interference.settings import load_settings
 
 NO_EOS = {"0": -100, "2": -100}
 

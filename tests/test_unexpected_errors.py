@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import httpx
 
 from interference.api.app import create_app
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider
 from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 
 class BrokenProvider(Provider):

@@ -12,15 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import (
-    AnthropicDeployment,
-    EngineOptions,
-    LocalDeployment,
-    ModelEntry,
-    OpenAIDeployment,
-    Settings,
-    UpstreamDeployment,
-)
 from .engine import ModelLoadError, embedded_model_path, model_id_for
 from .engine.cache_pool import PromptCachePool
 from .engine.cpu import CpuInfo, choose_repack, read_cpu_info
@@ -30,6 +21,15 @@ from .providers.local_embeddings import EMBEDDING_ALIASES, embedding_provider
 from .providers.managed import ManagedLocalProvider
 from .providers.model_pool import MIB, ModelPool
 from .router import Deployment, Route, Router
+from .settings import (
+    AnthropicDeployment,
+    EngineOptions,
+    LocalDeployment,
+    ModelEntry,
+    OpenAIDeployment,
+    Settings,
+    UpstreamDeployment,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

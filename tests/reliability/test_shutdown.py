@@ -16,10 +16,10 @@ import httpx
 
 from conftest import RunningServer, running_server
 from interference.api.app import create_app
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider
 from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 # SmolLM2's end tokens (<|endoftext|>, <|im_end|>) are banned, so each stream runs to max_tokens.
 NO_END = {"0": -100, "2": -100}

@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..config import ConfigError, Settings
 from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
 from ..router import Router
+from ..settings import ConfigError, Settings
 from ..state import ResponseStore, StoreBounds, default_responses_db
 from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
 from .errors import install_error_handlers

@@ -14,8 +14,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from ..config import Settings, load_settings
 from ..router import Deployment, Route, Router
+from ..settings import Settings, load_settings
 from .provider import RayProvider
 from .replica import EngineReplica, RouteInfo
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..assembly import build_router
-from ..config import Settings
 from ..errors import ModelNotFound
 from ..protocol import (
     ChatCompletionRequest,
@@ -17,6 +16,7 @@ from ..protocol import (
     MessagesRequest,
 )
 from ..providers.base import Delta, Embeddings, MessageEvent, Provider
+from ..settings import Settings
 
 __all__ = ["EngineReplica", "RouteInfo"]
 
