@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
 
-from .openai import Probability, Temperature, WireModel
+from .openai import Probability, Temperature
+from .wire import WireModel
 
 __all__ = [
     "CustomTool",

@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .openai import ParamError
 from .responses import (
     CustomTool,
     CustomToolCallItem,
@@ -35,6 +34,7 @@ from .responses import (
     ResponseRequest,
     ToolOutputItem,
 )
+from .wire import ParamError
 
 __all__ = ["ChatPlan", "ToolName", "chat_body", "group_items", "tool_call_item"]
 
