@@ -42,16 +42,12 @@ TTL_SWEEP = 0.5  # seconds between idle checks: an idle model unloads within its
 class PoolMember(Protocol):
     """What the pool needs of a model it manages (``ManagedLocalProvider`` is the one kind)."""
 
-    @property
-    def model_id(self) -> str: ...
-    @property
-    def memory_mib(self) -> int: ...
-    @property
-    def footprint(self) -> Footprint: ...
-    @property
-    def ttl(self) -> float: ...
-    @property
-    def last_used(self) -> float: ...
+    model_id: str
+    memory_mib: int
+    footprint: Footprint
+    ttl: float
+    last_used: float
+
     @property
     def evictions(self) -> int: ...
     @property
