@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
-from .wire import ParamError, WireModel, joined_text, new_id, now
+from .wire import ParamError, WireModel, joined_text, now
 
 __all__ = [
     "AssistantMessage",
@@ -32,7 +32,6 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "NamedToolChoice",
-    "ParamError",
     "ResponseFormat",
     "SamplingFields",
     "StreamOptions",
@@ -42,8 +41,6 @@ __all__ = [
     "ToolCall",
     "ToolMessage",
     "UserMessage",
-    "WireModel",
-    "new_id",
 ]
 
 
