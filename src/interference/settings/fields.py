@@ -1,7 +1,8 @@
 """How a setting is declared: its command-line ``Flag``, and the value types settings share.
 
-``cli.py`` builds its parser from the ``Flag`` on each ``Settings`` field; the shared ``Annotated``
-types carry the bounds, so a field states its unit once instead of repeating a ``Field(...)``.
+``cli.py`` builds its parser from the ``Flag`` on each ``Settings`` field, with the docstring under the
+field as the flag's help; the shared ``Annotated`` types carry the bounds, so a field states its unit
+once instead of repeating a ``Field(...)``.
 """
 
 from __future__ import annotations
@@ -32,28 +33,28 @@ Group = Literal["server", "common", "engine", "models", "limits"]
 class Flag:
     """How a setting appears on the command line (``cli.py`` builds its parser from these).
 
+    ``help`` is empty where the flag is declared: ``setting_flags`` fills it from the field's docstring.
+
     ``action``: ``store`` takes a value (its type and choices come from the field), ``append`` may repeat,
     ``true``/``false`` set the value without one, ``toggle`` is ``--x/--no-x``. ``server`` and ``limits``
     flags belong to ``serve`` only; the others to ``models`` too.
     """
 
     names: tuple[str, ...]
-    help: str
+    help: str = ""
     metavar: str | None = None
     action: Action = "store"
     group: Group = "engine"
 
 
-def flag(
-    *names: str, help: str, metavar: str | None = None, action: Action = "store", group: Group = "engine"
-) -> Flag:
-    return Flag(names=names, help=help, metavar=metavar, action=action, group=group)
+def flag(*names: str, metavar: str | None = None, action: Action = "store", group: Group = "engine") -> Flag:
+    return Flag(names=names, metavar=metavar, action=action, group=group)
 
 
 class Frozen(BaseModel):
     """A settings model: immutable, and an unknown key is an error (a typo must not pass silently)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def _comma_list(value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -59,130 +60,99 @@ class Settings(BaseSettings, EngineOptions):
     """Everything ``interference serve`` needs.
 
     Each field is declared once, here: its TOML key is its name, its environment variable
-    ``INTERFERENCE_<NAME>``, and its ``Flag`` (when it has one) its command-line flag.
+    ``INTERFERENCE_<NAME>``, its ``Flag`` (when it has one) its command-line flag, and the docstring
+    under it that flag's help.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", use_attribute_docstrings=True
+    )
 
-    host: Annotated[str, flag(
-        "--host", group="server", help="address to listen on (default: 127.0.0.1)",
-    )] = "127.0.0.1"  # fmt: skip
-    port: Annotated[int, Field(ge=0, le=65535), flag(
-        "--port", group="server", help="port to listen on (default: 1337)",
-    )] = 1337  # fmt: skip
-    model: Annotated[str | None, flag(
-        "-m", "--model", metavar="GGUF", help="GGUF file to serve (default: the embedded model)",
-    )] = None  # fmt: skip
-    model_name: Annotated[str | None, flag(
-        "--model-name", metavar="ID", help="public id of that model (default: file name)",
-    )] = None  # fmt: skip
-    aliases: Annotated[List, flag(
-        "--alias", action="append", group="common", metavar="NAME",
-        help="a name that maps to the default model (repeatable; replaces the default aliases)",
-    )] = DEFAULT_ALIASES  # fmt: skip
-    api_keys: Annotated[Secrets, flag(
-        "--api-key", action="append", group="server", metavar="KEY",
-        help="require this key (repeatable; default: no auth)",
-    )] = ()  # fmt: skip
+    host: Annotated[str, flag("--host", group="server")] = "127.0.0.1"
+    """address to listen on (default: 127.0.0.1)"""
+    port: Annotated[int, Field(ge=0, le=65535), flag("--port", group="server")] = 1337
+    """port to listen on (default: 1337)"""
+    model: Annotated[str | None, flag("-m", "--model", metavar="GGUF")] = None
+    """GGUF file to serve (default: the embedded model)"""
+    model_name: Annotated[str | None, flag("--model-name", metavar="ID")] = None
+    """public id of that model (default: file name)"""
+    aliases: Annotated[List, flag("--alias", action="append", group="common", metavar="NAME")] = (
+        DEFAULT_ALIASES
+    )
+    """a name that maps to the default model (repeatable; replaces the default aliases)"""
+    api_keys: Annotated[Secrets, flag("--api-key", action="append", group="server", metavar="KEY")] = ()
+    """require this key (repeatable; default: no auth)"""
     models: tuple[ModelEntry, ...] = ()
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], flag(
-        "--log-level", group="server", help="log verbosity (default: info)",
-    )] = "info"  # fmt: skip
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], flag("--log-level", group="server")
+    ] = "info"
+    """log verbosity (default: info)"""
     # The access log: one line per request, as text or as one JSON object; access_log False turns it off.
-    log_format: Annotated[Literal["text", "json"], flag(
-        "--log-format", group="server", help="access log format (default: text)",
-    )] = "text"  # fmt: skip
-    access_log: Annotated[bool, flag(
-        "--no-access-log", action="false", group="server", help="do not log each request",
-    )] = True  # fmt: skip
+    log_format: Annotated[Literal["text", "json"], flag("--log-format", group="server")] = "text"
+    """access log format (default: text)"""
+    access_log: Annotated[bool, flag("--no-access-log", action="false", group="server")] = True
+    """do not log each request"""
     # Origins whose pages may call the API from a browser ("*" for any); none sends no CORS headers.
-    cors_origins: Annotated[List, flag(
-        "--cors-origin", action="append", group="server", metavar="ORIGIN",
-        help="let pages from this origin call the API ('*' for any; repeatable; default: none)",
-    )] = ()  # fmt: skip
+    cors_origins: Annotated[
+        List, flag("--cors-origin", action="append", group="server", metavar="ORIGIN")
+    ] = ()
+    """let pages from this origin call the API ('*' for any; repeatable; default: none)"""
     # Local embeddings for /v1/embeddings: on by default with the bundled all-MiniLM-L6-v2;
     # embedding_model is a GGUF file or a sentence-transformers BERT folder instead.
-    embeddings: Annotated[bool, flag(
-        "--no-embeddings", action="false", help="do not load an embedding model",
-    )] = True  # fmt: skip
-    embedding_model: Annotated[str | None, flag(
-        "--embedding-model", metavar="PATH",
-        help="GGUF file or sentence-transformers BERT folder for /v1/embeddings (default: all-MiniLM-L6-v2)",
-    )] = None  # fmt: skip
+    embeddings: Annotated[bool, flag("--no-embeddings", action="false")] = True
+    """do not load an embedding model"""
+    embedding_model: Annotated[str | None, flag("--embedding-model", metavar="PATH")] = None
+    """GGUF file or sentence-transformers BERT folder for /v1/embeddings (default: all-MiniLM-L6-v2)"""
     # Many local models under one memory budget (docs/models.md).
-    models_dir: Annotated[str | None, flag(
-        "--models-dir", metavar="DIR", group="models", help="serve every *.gguf in DIR under its file name",
-    )] = None  # fmt: skip
+    models_dir: Annotated[str | None, flag("--models-dir", metavar="DIR", group="models")] = None
+    """serve every *.gguf in DIR under its file name"""
     memory_budget: Annotated[
         Annotated[int, Field(ge=1)] | str | None,  # str: only "auto" (parse_budget turns the rest)
         BeforeValidator(parse_budget),
-        flag(
-            "--memory-budget", metavar="SIZE", group="models",
-            help="host memory for local models, their KV and the shared prompt cache: MiB, a size "
-            "(400MB, 2GiB), off, or auto (default: auto, 75%% of the RAM available at start-up)",
-        ),
-    ] = "auto"  # fmt: skip
-    model_ttl: Annotated[Interval, flag(
-        "--model-ttl", metavar="SECONDS", group="models",
-        help="unload a model idle this long (default: 0, never)",
-    )] = 0.0  # fmt: skip
-    load_timeout: Annotated[Seconds, flag(
-        "--load-timeout", metavar="SECONDS", group="models",
-        help="how long a request waits for its model to load (default: 120)",
-    )] = 120.0  # fmt: skip
-    lazy: Annotated[bool, flag(
-        "--lazy", action="true", group="models",
-        help="load the default model on its first request, not at start-up",
-    )] = False  # fmt: skip
+        flag("--memory-budget", metavar="SIZE", group="models"),
+    ] = "auto"
+    """host memory for local models, their KV and the shared prompt cache: MiB, a size (400MB, 2GiB), off,
+    or auto (default: auto, 75% of the RAM available at start-up)"""
+    model_ttl: Annotated[Interval, flag("--model-ttl", metavar="SECONDS", group="models")] = 0.0
+    """unload a model idle this long (default: 0, never)"""
+    load_timeout: Annotated[Seconds, flag("--load-timeout", metavar="SECONDS", group="models")] = 120.0
+    """how long a request waits for its model to load (default: 120)"""
+    lazy: Annotated[bool, flag("--lazy", action="true", group="models")] = False
+    """load the default model on its first request, not at start-up"""
     # Limits and shutdown (README: "Limits and shutdown").
-    max_body_mib: Annotated[Positive, flag(
-        "--max-body-mib", metavar="MIB", group="limits", help="largest request body, then 413 (default: 16)",
-    )] = 16.0  # fmt: skip
-    header_timeout: Annotated[Seconds, flag(
-        "--header-timeout", metavar="SECONDS", group="limits",
-        help="close a connection whose request headers are not complete by then (default: 10)",
-    )] = 10.0  # fmt: skip
-    shutdown_timeout: Annotated[Interval, flag(
-        "--shutdown-timeout", metavar="SECONDS", group="limits",
-        help="on SIGTERM/SIGINT, let running streams finish this long (default: 30)",
-    )] = 30.0  # fmt: skip
-    embedding_queue: Annotated[Count, flag(
-        "--embedding-queue", metavar="N", group="limits",
-        help="embedding requests that may wait for the embedding model before 429 (default: 64)",
-    )] = 64  # fmt: skip
+    max_body_mib: Annotated[Positive, flag("--max-body-mib", metavar="MIB", group="limits")] = 16.0
+    """largest request body, then 413 (default: 16)"""
+    header_timeout: Annotated[Seconds, flag("--header-timeout", metavar="SECONDS", group="limits")] = 10.0
+    """close a connection whose request headers are not complete by then (default: 10)"""
+    shutdown_timeout: Annotated[Interval, flag("--shutdown-timeout", metavar="SECONDS", group="limits")] = (
+        30.0
+    )
+    """on SIGTERM/SIGINT, let running streams finish this long (default: 30)"""
+    embedding_queue: Annotated[Count, flag("--embedding-queue", metavar="N", group="limits")] = 64
+    """embedding requests that may wait for the embedding model before 429 (default: 64)"""
     # Named keys with limits (docs/keys.md); the usage ledger (None: in the user's data dir);
     # where limits are counted: "memory" (this process) or "redis://host:port/db" (shared by replicas).
-    keys_file: Annotated[str | None, flag(
-        "--keys-file", metavar="FILE", group="server", help="named keys with limits (docs/keys.md)",
-    )] = None  # fmt: skip
-    usage_db: Annotated[str | None, flag(
-        "--usage-db", metavar="FILE", group="server", help="usage ledger (default: the user's data dir)",
-    )] = None  # fmt: skip
+    keys_file: Annotated[str | None, flag("--keys-file", metavar="FILE", group="server")] = None
+    """named keys with limits (docs/keys.md)"""
+    usage_db: Annotated[str | None, flag("--usage-db", metavar="FILE", group="server")] = None
+    """usage ledger (default: the user's data dir)"""
     # Stored responses (docs/openai-api.md): where, and how many, how large and how old at most.
-    responses_db: Annotated[str | None, flag(
-        "--responses-db", metavar="FILE", group="server",
-        help="stored responses (default: the user's data dir)",
-    )] = None  # fmt: skip
-    responses_max_count: Annotated[Count, flag(
-        "--responses-max-count", metavar="N", group="server",
-        help="stored responses kept at most, oldest out first (default: 10000; 0 stores none)",
-    )] = 10_000  # fmt: skip
-    responses_max_mib: Annotated[float, Field(ge=0), flag(
-        "--responses-max-mib", metavar="MIB", group="server",
-        help="bytes of stored responses kept at most (default: 256)",
-    )] = 256.0  # fmt: skip
-    responses_max_age: Annotated[Seconds, flag(
-        "--responses-max-age", metavar="SECONDS", group="server",
-        help="a stored response is forgotten this long after it was made (default: 2592000, 30 days)",
-    )] = 30 * 86400.0  # fmt: skip
-    limits_backend: Annotated[str, flag(
-        "--limits-backend", metavar="URL", group="server",
-        help='where limits are counted: "memory" or redis://host:port/db',
-    )] = "memory"  # fmt: skip
-    limits_fail_open: Annotated[bool, flag(
-        "--limits-fail-open", action="toggle", group="server",
-        help="serve limited keys unlimited while Redis is unreachable (default: refuse them, 503)",
-    )] = False  # fmt: skip
+    responses_db: Annotated[str | None, flag("--responses-db", metavar="FILE", group="server")] = None
+    """stored responses (default: the user's data dir)"""
+    responses_max_count: Annotated[Count, flag("--responses-max-count", metavar="N", group="server")] = 10_000
+    """stored responses kept at most, oldest out first (default: 10000; 0 stores none)"""
+    responses_max_mib: Annotated[
+        float, Field(ge=0), flag("--responses-max-mib", metavar="MIB", group="server")
+    ] = 256.0
+    """bytes of stored responses kept at most (default: 256)"""
+    responses_max_age: Annotated[Seconds, flag("--responses-max-age", metavar="SECONDS", group="server")] = (
+        30 * 86400.0
+    )
+    """a stored response is forgotten this long after it was made (default: 2592000, 30 days)"""
+    limits_backend: Annotated[str, flag("--limits-backend", metavar="URL", group="server")] = "memory"
+    """where limits are counted: "memory" or redis://host:port/db"""
+    limits_fail_open: Annotated[bool, flag("--limits-fail-open", action="toggle", group="server")] = False
+    """serve limited keys unlimited while Redis is unreachable (default: refuse them, 503)"""
 
     @field_validator("limits_backend")
     @classmethod
@@ -209,12 +179,15 @@ class Settings(BaseSettings, EngineOptions):
 
 
 def setting_flags() -> dict[str, Flag]:
-    """Each setting that has a command-line flag, by field name, in declaration order."""
+    """Each setting that has a command-line flag, by field name, in declaration order; its help is the
+    field's docstring (``%`` escaped for argparse)."""
     out: dict[str, Flag] = {}
     for name, info in Settings.model_fields.items():
         found = next((m for m in info.metadata if isinstance(m, Flag)), None)
         if found is not None:
-            out[name] = found
+            if not info.description:
+                raise TypeError(f"the setting {name} has a flag but no docstring to be its help")
+            out[name] = replace(found, help=" ".join(info.description.split()).replace("%", "%%"))
     return out
 
 
