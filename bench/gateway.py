@@ -74,9 +74,9 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
     """The interference app under a chosen event loop, HTTP parser and upstream transport."""
     import uvicorn
 
-    from interference.api.app import create_app
-    from interference.config import load_settings
+    from interference.assembly import build_app
     from interference.providers import upstream
+    from interference.settings import load_settings
 
     if transport == "httpcore":
         upstream._transport = lambda: None  # httpx's default transport (httpcore's pool)
@@ -89,7 +89,7 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
             return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0))
 
         upstream._transport = lambda: AiohttpTransport(client=session)
-    app = create_app(load_settings({"port": port}, config_file=config))
+    app = build_app(load_settings({"port": port}, config_file=config))
     uvicorn.run(app, host="127.0.0.1", port=port, loop=loop, http=http, access_log=False, log_level="warning")
 
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from interference.api.app import create_app
 from interference.api.request_log import RequestIdMiddleware
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider, TokenUsage
-from interference.router import Deployment, Route
+from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 DELTAS = 64
 CHAT = json.dumps(
@@ -57,7 +57,7 @@ class _Fast(Provider):
 
 def _app(variant: str) -> Any:
     settings = Settings(access_log=variant == "ids_text_log")
-    app = create_app(settings, routes=[Route(name="fast", deployments=[Deployment(_Fast(), "fast")])])
+    app = create_app(settings, Router([Route(name="fast", deployments=[Deployment(_Fast(), "fast")])]))
     if variant == "baseline":
         app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestIdMiddleware]
     return app

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunningServer, free_port, serve_command
-from interference.config import DEFAULT_ALIASES, ConfigError, load_settings
+from interference.settings import DEFAULT_ALIASES, ConfigError, load_settings
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -156,7 +156,7 @@ def test_models_shows_configured_models_winning_alias_clashes(tmp_path: Path) ->
 
 def test_every_setting_with_a_flag_is_on_the_command_line() -> None:
     from interference.cli import build_parser
-    from interference.config import Settings, setting_flags
+    from interference.settings import Settings, setting_flags
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     serve_dests = {a.dest for a in sub.choices["serve"]._actions}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import running_server
-from interference.config import EngineOptions, load_settings
 from interference.engine._llama import model_params
 from interference.engine.cpu import CpuInfo, choose_repack, parse_cpu_flags, read_cpu_info
-from interference.providers.factory import load_engine
+from interference.providers.managed import load_engine
+from interference.settings import EngineOptions, load_settings
 
 SAPPHIRE_RAPIDS = """\
 processor\t: 0

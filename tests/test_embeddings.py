@@ -445,8 +445,8 @@ def test_the_local_model_still_answers_by_its_own_name(
 
 def test_embeddings_can_be_switched_off() -> None:
     from interference.cli import _settings, build_parser
-    from interference.config import load_settings
     from interference.providers.local_embeddings import embedding_provider
+    from interference.settings import load_settings
 
     settings = _settings(build_parser().parse_args(["serve", "--no-embeddings"]))
     assert settings.embeddings is False
@@ -456,9 +456,9 @@ def test_embeddings_can_be_switched_off() -> None:
 
 
 def test_a_wrong_embedding_model_path_fails_at_start_up(tmp_path: Path) -> None:
-    from interference.config import load_settings
     from interference.engine import ModelLoadError
     from interference.providers.local_embeddings import embedding_provider
+    from interference.settings import load_settings
 
     settings = load_settings({"embedding_model": str(tmp_path / "missing.gguf")}, env={})
     with pytest.raises(ModelLoadError, match="embedding model not found"):

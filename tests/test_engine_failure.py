@@ -24,12 +24,12 @@ import pytest
 import uvicorn
 
 from conftest import free_port, running_server
-from interference.api.app import create_app
-from interference.config import load_settings
+from interference.assembly import build_app
 from interference.engine.handle import HandleState, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from interference.engine.types import EngineRequest
 from interference.providers.local import LocalProvider
 from interference.providers.managed import ManagedLocalProvider
+from interference.settings import load_settings
 
 NO_EOS = {"0": -100, "2": -100}
 
@@ -44,7 +44,7 @@ class InProcessServer:
 @pytest.fixture()
 def inproc() -> Iterator[InProcessServer]:
     settings = load_settings({"parallel": 1, "embeddings": False, "threads": 2}, env={})
-    app = create_app(settings)
+    app = build_app(settings)
     managed = next(p for p in app.state.interference.router.providers if isinstance(p, ManagedLocalProvider))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=2))

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from interference.config import Settings
 from interference.engine.cache_pool import PromptCachePool
 from interference.engine.prompt_cache import PromptCache
 from interference.memory_budget import AUTO_SHARE, auto_budget_mib, available_bytes, resolve_budget
+from interference.settings import Settings
 
 MIB = 2**20
 MEMINFO = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n"

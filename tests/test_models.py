@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from conftest import RunningServer, free_port, running_server, serve_command
-from interference.config import ConfigError, EngineOptions, load_settings
 from interference.engine import embedded_model_path
 from interference.engine._llama import quiet_llama_logs
 from interference.engine.footprint import estimate_footprint, probe_gguf
+from interference.settings import ConfigError, EngineOptions, load_settings
 
 NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: it runs to max_tokens
 

@@ -12,11 +12,11 @@ import pytest
 
 from conftest import RunningServer, running_server
 from interference.cli import build_parser
-from interference.config import ConfigError, LocalDeployment, load_settings
 from interference.engine._llama import LlamaRuntime
 from interference.engine.cpu import choose_repack, read_cpu_info
 from interference.engine.engine import embedded_model_path
 from interference.engine.prompt_cache import MAX_SPARES, PromptCache
+from interference.settings import ConfigError, LocalDeployment, load_settings
 
 # ------------------------------------------------------------------ the data structure
 

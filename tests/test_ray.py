@@ -25,8 +25,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 serve = pytest.importorskip("ray.serve")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
-from interference.config import Settings  # noqa: E402
 from interference.ray.app import Scaling, build_app  # noqa: E402
+from interference.settings import Settings  # noqa: E402
 
 APP = "interference"
 ENGINE = "Engine"

@@ -16,10 +16,10 @@ import pytest
 
 from conftest import RunningServer, running_server
 from interference.api.app import create_app
-from interference.config import Settings, load_settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider, TokenUsage
-from interference.router import Deployment, Route
+from interference.router import Deployment, Route, Router
+from interference.settings import Settings, load_settings
 
 KEY = "sk-log-5e1c"
 ORIGINS = ("http://a.test", "http://b.test")
@@ -189,7 +189,7 @@ class _FineProvider(Provider):
 
 
 def _client(settings: Settings) -> httpx.AsyncClient:
-    app = create_app(settings, routes=[Route(name="fine", deployments=[Deployment(_FineProvider(), "x")])])
+    app = create_app(settings, Router([Route(name="fine", deployments=[Deployment(_FineProvider(), "x")])]))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 

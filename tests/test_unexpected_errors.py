@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import httpx
 
 from interference.api.app import create_app
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider
-from interference.router import Deployment, Route
+from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 
 class BrokenProvider(Provider):
@@ -52,7 +52,7 @@ def _client() -> httpx.AsyncClient:
         Route(name="broken-late", deployments=[Deployment(BrokenProvider(2), "x")]),
         Route(name="fine", deployments=[Deployment(FineProvider(), "x")]),
     ]
-    app = create_app(Settings(), routes=routes)
+    app = create_app(Settings(), Router(routes))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 

@@ -15,7 +15,6 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from interference.config import OpenAIDeployment
 from interference.errors import (
     UpstreamAuthError,
     UpstreamConnectError,
@@ -27,6 +26,7 @@ from interference.errors import (
 from interference.protocol import ChatCompletionRequest, CompletionRequest, MessagesRequest
 from interference.providers.base import Delta, chat_from_messages
 from interference.providers.upstream import UpstreamPool, UpstreamProvider
+from interference.settings import OpenAIDeployment
 
 KEY = "sk-secret-123456789"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings, setting_flags
 from .memory_budget import AUTO_SHARE
+from .settings import ConfigError, Settings, load_settings, setting_flags
 
 if typing.TYPE_CHECKING:
     from .protocol import MemoryReport
@@ -54,7 +54,7 @@ def _value_kind(annotation: Any) -> dict[str, Any]:
 
 
 def _setting_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
-    """One flag per setting that declares a ``Flag`` in config.py (``server`` ones only for serve)."""
+    """One flag per setting that declares a ``Flag`` (``server`` ones only for serve)."""
     groups: dict[str, Any] = {}
     for name, spec in setting_flags().items():
         if spec.group in _SERVE_ONLY and not server:
@@ -221,13 +221,13 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
 
-    from .api.app import create_app
+    from .assembly import build_app
     from .engine import ModelLoadError
     from .engine._llama import quiet_llama_logs
 
     quiet_llama_logs(verbose=settings.log_level == "debug")
     try:
-        app = create_app(settings)
+        app = build_app(settings)
     except ModelLoadError as exc:
         sock.close()
         return _fail(str(exc))

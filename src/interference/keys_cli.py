@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import load_settings
+from .settings import load_settings
 
 __all__ = ["run_keys", "run_usage"]
 

@@ -26,7 +26,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .config import Settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -16,10 +16,10 @@ import httpx
 
 from conftest import RunningServer, running_server
 from interference.api.app import create_app
-from interference.config import Settings
 from interference.protocol import ChatCompletionRequest, CompletionRequest
 from interference.providers.base import Delta, Provider
-from interference.router import Deployment, Route
+from interference.router import Deployment, Route, Router
+from interference.settings import Settings
 
 # SmolLM2's end tokens (<|endoftext|>, <|im_end|>) are banned, so each stream runs to max_tokens.
 NO_END = {"0": -100, "2": -100}
@@ -125,7 +125,7 @@ class _Fine(Provider):
 
 
 def test_health_is_503_once_draining() -> None:
-    app = create_app(Settings(), routes=[Route(name="fine", deployments=[Deployment(_Fine(), "x")])])
+    app = create_app(Settings(), Router([Route(name="fine", deployments=[Deployment(_Fine(), "x")])]))
 
     async def check() -> None:
         transport = httpx.ASGITransport(app=app)

@@ -1,4 +1,7 @@
-"""The application factory: ``create_app(settings)`` builds everything from one config object."""
+"""The application factory: ``create_app(settings, router)`` builds the app around a built ``Router``.
+
+The router (and the providers behind it) comes from the composition root, ``assembly.build_router``.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..config import ConfigError, Settings
 from ..keys import KeyFileError, Ledger, build_limits, default_usage_db
-from ..router import Route, Router
+from ..router import Router
+from ..settings import ConfigError, Settings
 from ..state import ResponseStore, StoreBounds, default_responses_db
 from .access import RATE_LIMIT_HEADERS, AccessMiddleware, KeyStore
 from .dispatch import install_exact_routes
@@ -34,14 +37,8 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, routes: list[Route] | None = None) -> FastAPI:
-    """Build the app; probes each local GGUF now, so a broken file stops start-up before serving."""
-    if routes is None:
-        from ..providers.factory import build_router
-
-        router = build_router(settings)
-    else:
-        router = Router(routes)
+def create_app(settings: Settings, router: Router) -> FastAPI:
+    """Build the app around ``router``; its providers start and stop with the app's lifespan."""
     keys = KeyStore(settings.keys_file)
     try:
         keys.load()

@@ -21,6 +21,37 @@ __all__ = ["Metrics", "MetricsMiddleware"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# Each ProviderStats field exported, by field: its metric name (after ``interference_engine_``) and help.
+_COUNTERS = (
+    ("prompt_tokens", "prompt_tokens", "Prompt tokens"),
+    ("cached_tokens", "cached_tokens", "Prompt tokens reused from the KV cache"),
+    ("completion_tokens", "completion_tokens", "Generated tokens"),
+    ("requests_finished", "requests_finished", "Completed generations"),
+    ("steps", "steps", "Batched decode steps"),
+    ("decode_seconds", "decode_seconds", "Time spent in llama_decode"),
+    ("cache_hits", "prompt_cache_hits", "Admissions restored from the prompt cache"),
+    ("cache_misses", "prompt_cache_misses", "Admissions that restored nothing from the prompt cache"),
+    ("cache_restored_tokens", "prompt_cache_restored_tokens", "Prompt tokens restored from the prompt cache"),
+    ("cache_saves", "prompt_cache_saves", "Slot states saved to the prompt cache"),
+    ("cache_evictions", "prompt_cache_evictions", "Prompt cache entries evicted to stay within --cache-ram"),
+    ("cache_seconds", "prompt_cache_seconds", "Time spent saving and restoring prompt cache states"),
+    (
+        "shared_prompt_tokens",
+        "shared_prompt_tokens",
+        "Prompt tokens copied between the choices of n > 1 requests instead of prefilled",
+    ),
+)
+_GAUGES = (
+    ("cache_bytes", "prompt_cache_bytes", "Bytes held by the prompt cache"),
+    ("cache_entries", "prompt_cache_entries", "Entries in the prompt cache"),
+    (
+        "cache_pause_max_seconds",
+        "prompt_cache_pause_max_seconds",
+        "Longest time one admission spent saving and restoring states (other streams wait)",
+    ),
+)
+
+
 class _EngineCollector(Collector):
     def __init__(self, router: Router) -> None:
         self._router = router
@@ -35,71 +66,9 @@ class _EngineCollector(Collector):
             "interference_engine_requests_waiting", "Requests waiting for a slot", labels=labels
         )
         counters = {
-            "prompt_tokens": CounterMetricFamily(
-                "interference_engine_prompt_tokens", "Prompt tokens", labels=labels
-            ),
-            "cached_tokens": CounterMetricFamily(
-                "interference_engine_cached_tokens", "Prompt tokens reused from the KV cache", labels=labels
-            ),
-            "completion_tokens": CounterMetricFamily(
-                "interference_engine_completion_tokens", "Generated tokens", labels=labels
-            ),
-            "requests_finished": CounterMetricFamily(
-                "interference_engine_requests_finished", "Completed generations", labels=labels
-            ),
-            "steps": CounterMetricFamily("interference_engine_steps", "Batched decode steps", labels=labels),
-            "decode_seconds": CounterMetricFamily(
-                "interference_engine_decode_seconds", "Time spent in llama_decode", labels=labels
-            ),
-            "cache_hits": CounterMetricFamily(
-                "interference_engine_prompt_cache_hits",
-                "Admissions restored from the prompt cache",
-                labels=labels,
-            ),
-            "cache_misses": CounterMetricFamily(
-                "interference_engine_prompt_cache_misses",
-                "Admissions that restored nothing from the prompt cache",
-                labels=labels,
-            ),
-            "cache_restored_tokens": CounterMetricFamily(
-                "interference_engine_prompt_cache_restored_tokens",
-                "Prompt tokens restored from the prompt cache",
-                labels=labels,
-            ),
-            "cache_saves": CounterMetricFamily(
-                "interference_engine_prompt_cache_saves",
-                "Slot states saved to the prompt cache",
-                labels=labels,
-            ),
-            "cache_evictions": CounterMetricFamily(
-                "interference_engine_prompt_cache_evictions",
-                "Prompt cache entries evicted to stay within --cache-ram",
-                labels=labels,
-            ),
-            "cache_seconds": CounterMetricFamily(
-                "interference_engine_prompt_cache_seconds",
-                "Time spent saving and restoring prompt cache states",
-                labels=labels,
-            ),
-            "shared_prompt_tokens": CounterMetricFamily(
-                "interference_engine_shared_prompt_tokens",
-                "Prompt tokens copied between the choices of n > 1 requests instead of prefilled",
-                labels=labels,
-            ),
+            k: CounterMetricFamily(f"interference_engine_{n}", h, labels=labels) for k, n, h in _COUNTERS
         }
-        gauges = {
-            "cache_bytes": GaugeMetricFamily(
-                "interference_engine_prompt_cache_bytes", "Bytes held by the prompt cache", labels=labels
-            ),
-            "cache_entries": GaugeMetricFamily(
-                "interference_engine_prompt_cache_entries", "Entries in the prompt cache", labels=labels
-            ),
-            "cache_pause_max_seconds": GaugeMetricFamily(
-                "interference_engine_prompt_cache_pause_max_seconds",
-                "Longest time one admission spent saving and restoring states (other streams wait)",
-                labels=labels,
-            ),
-        }
+        gauges = {k: GaugeMetricFamily(f"interference_engine_{n}", h, labels=labels) for k, n, h in _GAUGES}
         for provider in self._router.providers:
             stats = provider.stats()
             if stats is None:

@@ -23,7 +23,7 @@ from ..protocol import (
     ModelCard,
     ResponseRequest,
 )
-from ..protocol.openai import WireModel
+from ..protocol.wire import WireModel
 from .access import caller_of
 from .cancellation import with_cancellation
 from .errors import validation_error

@@ -29,7 +29,6 @@ from .openai import (
     ModelCard,
     ModelList,
     NamedToolChoice,
-    ParamError,
     ResponseFormat,
     SamplingFields,
     StreamOptions,
@@ -39,8 +38,6 @@ from .openai import (
     ToolCall,
     ToolMessage,
     UserMessage,
-    WireModel,
-    new_id,
 )
 from .responses import (
     InputMessage,
@@ -49,6 +46,7 @@ from .responses import (
     parse_items,
     response_item_id,
 )
+from .wire import ParamError, WireModel, new_id
 
 __all__ = [
     "MAX_EMBEDDING_INPUTS",

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
-from .openai import ParamError, WireModel
+from .wire import ParamError, WireModel, joined_text
 
 __all__ = [
     "KNOWN_BLOCK_TYPES",
@@ -64,11 +64,7 @@ class ToolResultBlock(WireModel):
 
     @property
     def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+        return joined_text(self.content, TextBlock)
 
     @property
     def has_image(self) -> bool:
@@ -105,9 +101,7 @@ class InputMessage(WireModel):
 
     @property
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(block.text for block in self.content if isinstance(block, TextBlock))
+        return joined_text(self.content, TextBlock)
 
 
 class AnthropicTool(WireModel):

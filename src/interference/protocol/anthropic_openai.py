@@ -27,11 +27,11 @@ from .anthropic import (
 from .openai import (
     ChatCompletionRequest,
     FunctionMessage,
-    ParamError,
     SystemMessage,
     ToolMessage,
     UserMessage,
 )
+from .wire import ParamError
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

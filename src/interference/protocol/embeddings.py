@@ -6,7 +6,7 @@ from typing import Annotated, Literal, cast
 
 from pydantic import Field, field_validator
 
-from .openai import WireModel
+from .wire import WireModel
 
 __all__ = ["MAX_EMBEDDING_INPUTS", "EmbeddingInput", "EmbeddingRequest"]
 

@@ -11,14 +11,13 @@ with orjson, about ten times faster per streamed chunk than building and dumping
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
+
+from .wire import ParamError, WireModel, joined_text, now
 
 __all__ = [
     "AssistantMessage",
@@ -33,7 +32,6 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "NamedToolChoice",
-    "ParamError",
     "ResponseFormat",
     "SamplingFields",
     "StreamOptions",
@@ -43,91 +41,7 @@ __all__ = [
     "ToolCall",
     "ToolMessage",
     "UserMessage",
-    "WireModel",
-    "new_id",
 ]
-
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style object id such as ``chatcmpl-3f2a…``."""
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-class ParamError(ValueError):
-    """A cross-field rule broken by one named parameter (becomes a 400 naming ``param``)."""
-
-    def __init__(self, message: str, *, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class WireModel(BaseModel):
-    """Base of every request model: strict types, unknown fields kept aside.
-
-    What the server attaches to a request (``set_tenant``, ``set_wire_body``) lives in pydantic's
-    dict of private values, created on first use, and not in declared ``PrivateAttr``s: a declared
-    one is initialised on every nested model as it is validated (hundreds per agent-sized request,
-    a third of its parsing time).
-    """
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    @property
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
-
-    @property
-    def tenant(self) -> str:
-        """Whose request this is (the API key's name), set by the server, never read from the wire.
-
-        The local engine takes waiting requests of different tenants in turn.
-        """
-        tenant = self._private("tenant")
-        return tenant if isinstance(tenant, str) else ""
-
-    def set_tenant(self, tenant: str) -> None:
-        self._set_private("tenant", tenant)
-
-    def set_wire_body(self, body: bytes | dict[str, Any]) -> None:
-        """The JSON this request was validated from (bytes, or the object): see ``wire_body``.
-
-        Only for a request that is not changed afterwards: the wire body is forwarded in its place.
-        """
-        self._set_private("wire", body)
-
-    def wire_body(self) -> dict[str, Any] | None:
-        """The request as a new top-level JSON object, as sent; None when it was not kept.
-
-        It holds what ``model_dump(exclude_unset=True, by_alias=True)`` gives, without walking the
-        models: extras included, aliases as sent (an integer sent for a float field stays an
-        integer). Bytes that orjson does not take (pydantic's parser is laxer on lone surrogates
-        and integers past 64 bits) give None.
-        """
-        wire = self._private("wire")
-        if isinstance(wire, dict):
-            return dict(wire)
-        if isinstance(wire, bytes):
-            try:
-                value = orjson.loads(wire)
-            except orjson.JSONDecodeError:
-                return None
-            return value if isinstance(value, dict) else None
-        return None
-
-    def _private(self, name: str) -> Any:
-        private = self.__pydantic_private__
-        return private.get(name) if private else None
-
-    def _set_private(self, name: str, value: Any) -> None:
-        private = self.__pydantic_private__
-        if private is None:
-            object.__setattr__(self, "__pydantic_private__", {name: value})
-        else:
-            private[name] = value
 
 
 # --------------------------------------------------------------------------- shared
@@ -213,11 +127,7 @@ class _Message(WireModel):
     @property
     def text(self) -> str:
         """The message content as plain text; text parts are joined."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+        return joined_text(self.content, TextPart)
 
 
 class SystemMessage(_Message):
@@ -408,7 +318,7 @@ class CompletionRequest(SamplingFields):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=now)
     owned_by: str = "interference"
     # Not OpenAI's: what the model serves (chat and completions, or embeddings), and whether it is
     # the server's default model, so a client such as the chat page can offer the right ones.

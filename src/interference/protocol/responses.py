@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
 
-from .openai import Probability, Temperature, WireModel
+from .openai import Probability, Temperature
+from .wire import WireModel
 
 __all__ = [
     "CustomTool",
@@ -97,24 +98,25 @@ class InputMessage(WireModel):
         return content_text(self.content)
 
 
-class FunctionCallItem(WireModel):
+class _CallItem(WireModel):
+    """What a model's call of a function or of a custom tool has."""
+
+    type: str
+    id: str | None = None
+    call_id: str
+    name: str
+    namespace: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(_CallItem):
     type: Literal["function_call"]
-    id: str | None = None
-    call_id: str
-    name: str
-    namespace: str | None = None
     arguments: str
-    status: str | None = None
 
 
-class CustomToolCallItem(WireModel):
+class CustomToolCallItem(_CallItem):
     type: Literal["custom_tool_call"]
-    id: str | None = None
-    call_id: str
-    name: str
-    namespace: str | None = None
     input: str
-    status: str | None = None
 
 
 class ToolOutputItem(WireModel):

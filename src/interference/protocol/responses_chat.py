@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .openai import ParamError
 from .responses import (
     CustomTool,
     CustomToolCallItem,
@@ -35,6 +34,7 @@ from .responses import (
     ResponseRequest,
     ToolOutputItem,
 )
+from .wire import ParamError
 
 __all__ = ["ChatPlan", "ToolName", "chat_body", "group_items", "tool_call_item"]
 
@@ -279,25 +279,18 @@ def tool_call_item(
     flat = str(function.get("name") or "")
     arguments = str(function.get("arguments") or "")
     known = names.get(flat, ToolName(flat))
-    item: dict[str, Any]
-    if known.kind == "custom":
-        item = {
-            "type": "custom_tool_call",
-            "id": item_id,
-            "status": status,
-            "call_id": call.get("id") or item_id,
-            "name": known.name,
-            "input": custom_input(arguments),
-        }
+    custom = known.kind == "custom"
+    item: dict[str, Any] = {
+        "type": "custom_tool_call" if custom else "function_call",
+        "id": item_id,
+        "status": status,
+        "call_id": call.get("id") or item_id,
+        "name": known.name,
+    }
+    if custom:
+        item["input"] = custom_input(arguments)
     else:
-        item = {
-            "type": "function_call",
-            "id": item_id,
-            "status": status,
-            "call_id": call.get("id") or item_id,
-            "name": known.name,
-            "arguments": arguments,
-        }
+        item["arguments"] = arguments
     if known.namespace:
         item["namespace"] = known.namespace
     return item

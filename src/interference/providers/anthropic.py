@@ -18,7 +18,6 @@ import httpx
 import orjson
 
 from .. import __version__
-from ..config import AnthropicDeployment
 from ..errors import UnsupportedParameter, UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from ..protocol import (
     ChatCompletionRequest,
@@ -28,6 +27,7 @@ from ..protocol import (
     ParamError,
 )
 from ..protocol.anthropic_openai import EventTranslator, chat_choice, chat_usage, messages_body
+from ..settings import AnthropicDeployment
 from .base import Delta, MessageEvent
 from .sse import SSEDecoder
 from .upstream import UpstreamPool, UpstreamProvider, _choice_delta, _loads, _usage

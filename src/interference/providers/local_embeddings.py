@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
-from ..config import Settings
 from ..engine._llama import ModelLoadError, physical_cores
 from ..engine.embedding_source import EmbeddingSource
 from ..engine.embeddings import EmbeddingBusy, EmbeddingEngine, EmbeddingInputError
 from ..errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
 from ..protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ..settings import Settings
 from .base import Delta, Embeddings, Provider
 
 __all__ = ["EMBEDDING_ALIASES", "LocalEmbeddingProvider", "embedding_provider"]

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..config import EngineOptions
 from ..engine import Engine, EngineConfig, ModelLoadError, embedded_model_path
 from ..engine.cache_pool import PromptCachePool
 from ..engine.chat_template import ChatTemplate, TemplateError
@@ -26,6 +25,7 @@ from ..engine.engine import DEFAULT_CTX_PER_SLOT
 from ..engine.footprint import MIB, estimate_footprint, probe_gguf, sequence_tokens
 from ..errors import InsufficientMemory, ModelLoadTimeout, ServiceUnavailable
 from ..protocol import ChatCompletionRequest, CompletionRequest, CountTokensRequest, MessagesRequest
+from ..settings import EngineOptions
 from .base import (
     LOAD_SECONDS_BUCKETS,
     Delta,

@@ -23,22 +23,41 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..engine.cache_pool import PromptCachePool
+from ..engine.footprint import Footprint
 from ..errors import InsufficientMemory
 from ..protocol import MemoryReport
 
-if TYPE_CHECKING:
-    from .managed import ManagedLocalProvider
-
-__all__ = ["TTL_SWEEP", "ModelPool"]
+__all__ = ["TTL_SWEEP", "ModelPool", "PoolMember"]
 
 MIB = 2**20
 
 logger = logging.getLogger(__name__)
 
 TTL_SWEEP = 0.5  # seconds between idle checks: an idle model unloads within its TTL plus this
+
+
+class PoolMember(Protocol):
+    """What the pool needs of a model it manages (``ManagedLocalProvider`` is the one kind)."""
+
+    model_id: str
+    memory_mib: int
+    footprint: Footprint
+    ttl: float
+    last_used: float
+
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def holds_memory(self) -> bool: ...
+    @property
+    def is_evictable(self) -> bool: ...
+    def mark_loading(self) -> None: ...
+    def mark_unloading(self) -> None: ...
+    async def finish_unload(self, *, reason: str) -> None: ...
+    async def unload_idle(self, *, reason: str) -> None: ...
 
 
 class ModelPool:
@@ -60,7 +79,7 @@ class ModelPool:
         self.cache_pool = cache_pool
         self.load_timeout = load_timeout
         self.clock = clock
-        self.members: list[ManagedLocalProvider] = []
+        self.members: list[PoolMember] = []
         self._changed: asyncio.Condition | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -71,7 +90,7 @@ class ModelPool:
             self._changed = asyncio.Condition()
         return self._changed
 
-    def register(self, member: ManagedLocalProvider) -> None:
+    def register(self, member: PoolMember) -> None:
         self.members.append(member)
 
     def start(self) -> None:
@@ -128,7 +147,7 @@ class ModelPool:
         async with self.changed:
             self.changed.notify_all()
 
-    async def reserve(self, member: ManagedLocalProvider, deadline: float) -> None:
+    async def reserve(self, member: PoolMember, deadline: float) -> None:
         """Make room for ``member`` (evicting idle models), then count it as loading.
 
         Raises ``InsufficientMemory`` when it cannot fit, alone or by ``deadline``.
@@ -169,11 +188,11 @@ class ModelPool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=remaining)
 
-    def _victims(self, need: int, budget: int) -> list[ManagedLocalProvider]:
+    def _victims(self, need: int, budget: int) -> list[PoolMember]:
         """Idle, unpinned loaded models, least recently used first, enough to fit ``need``; else none."""
         idle = sorted((m for m in self.members if m.is_evictable), key=lambda m: m.last_used)
         free = budget - self.used_mib()
-        chosen: list[ManagedLocalProvider] = []
+        chosen: list[PoolMember] = []
         for m in idle:
             if free >= need:
                 break

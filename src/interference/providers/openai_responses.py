@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import orjson
 
-from ..config import OpenAIDeployment
 from ..errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
+from ..settings import OpenAIDeployment
 from .base import MessageEvent
 from .sse import SSEDecoder
 from .upstream import UpstreamPool, UpstreamProvider, _loads

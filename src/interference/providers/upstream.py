@@ -41,7 +41,6 @@ import orjson
 from pydantic import BaseModel
 
 from .. import __version__
-from ..config import UpstreamDeployment
 from ..errors import (
     InvalidRequest,
     UpstreamAuthError,
@@ -59,6 +58,7 @@ from ..protocol import (
     SamplingFields,
     WireModel,
 )
+from ..settings import UpstreamDeployment
 from .base import Delta, Embeddings, Provider, TokenUsage, chat_from_messages
 from .http1 import Http1Transport
 from .sse import SSEDecoder

@@ -14,8 +14,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from ..config import Settings, load_settings
-from ..router import Deployment, Route
+from ..router import Deployment, Route, Router
+from ..settings import Settings, load_settings
 from .provider import RayProvider
 from .replica import EngineReplica, RouteInfo
 
@@ -76,7 +76,7 @@ class Ingress:
             )
             for info in infos
         ]
-        return create_app(self._settings, routes=routes)
+        return create_app(self._settings, Router(routes))
 
 
 def engine_cpus(settings: Settings) -> int:

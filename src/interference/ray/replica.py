@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..config import Settings
+from ..assembly import build_router
 from ..errors import ModelNotFound
 from ..protocol import (
     ChatCompletionRequest,
@@ -16,7 +16,7 @@ from ..protocol import (
     MessagesRequest,
 )
 from ..providers.base import Delta, Embeddings, MessageEvent, Provider
-from ..providers.factory import build_router
+from ..settings import Settings
 
 __all__ = ["EngineReplica", "RouteInfo"]
 

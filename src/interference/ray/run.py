@@ -8,7 +8,7 @@ import time
 import ray
 from ray import serve
 
-from ..config import Settings
+from ..settings import Settings
 from .app import Scaling, build_app
 
 __all__ = ["APP_NAME", "run"]

@@ -18,15 +18,18 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 __all__ = ["ResponseStore", "StoreBounds", "default_responses_db"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -84,6 +87,19 @@ class ResponseStore:
                 logger.error("stored responses are off: cannot open %s: %s", self.path, exc)
         return self._conn
 
+    def _locked(self, work: Callable[[sqlite3.Connection], T], failed: str, response_id: Any) -> T | None:
+        """``work`` on the connection, under the lock; None when the store is off or SQLite fails (logged
+        as ``failed`` % (response_id, error))."""
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                return None
+            try:
+                return work(conn)
+            except sqlite3.Error as exc:
+                logger.error(failed, response_id, exc)
+                return None
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -119,21 +135,17 @@ class ResponseStore:
                 "response %s not stored: %d bytes, over the store's bound", response.get("id"), size
             )
             return False
-        with self._lock:
-            conn = self._connection()
-            if conn is None:
-                return False
-            try:
-                with conn:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                        (response["id"], owner, time.time(), size, body, listed),
-                    )
-                    self._evict(conn)
-            except sqlite3.Error as exc:
-                logger.error("response %s not stored: %s", response.get("id"), exc)
-                return False
-        return True
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                    (response["id"], owner, time.time(), size, body, listed),
+                )
+                self._evict(conn)
+            return True
+
+        return self._locked(insert, "response %s not stored: %s", response.get("id")) or False
 
     def _evict(self, conn: sqlite3.Connection) -> None:
         bounds = self.bounds
@@ -151,33 +163,24 @@ class ResponseStore:
         conn.executemany("DELETE FROM responses WHERE id = ?", [(row_id,) for row_id in doomed])
 
     def get_now(self, response_id: str, *, owner: str) -> Stored | None:
-        with self._lock:
-            conn = self._connection()
-            if conn is None:
-                return None
-            try:
-                row = conn.execute(
-                    "SELECT response, items, created_at FROM responses WHERE id = ? AND owner = ?",
-                    (response_id, owner),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                logger.error("stored response %s unreadable: %s", response_id, exc)
-                return None
+        row = self._locked(
+            lambda conn: conn.execute(
+                "SELECT response, items, created_at FROM responses WHERE id = ? AND owner = ?",
+                (response_id, owner),
+            ).fetchone(),
+            "stored response %s unreadable: %s",
+            response_id,
+        )
         if row is None or row[2] < time.time() - self.bounds.max_age:
             return None
         return Stored(orjson.loads(row[0]), orjson.loads(row[1]))
 
     def delete_now(self, response_id: str, *, owner: str) -> bool:
-        with self._lock:
-            conn = self._connection()
-            if conn is None:
-                return False
-            try:
-                with conn:
-                    cursor = conn.execute(
-                        "DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)
-                    )
-            except sqlite3.Error as exc:
-                logger.error("stored response %s not deleted: %s", response_id, exc)
-                return False
-        return cursor.rowcount > 0
+        def delete(conn: sqlite3.Connection) -> bool:
+            with conn:
+                cursor = conn.execute(
+                    "DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)
+                )
+            return cursor.rowcount > 0
+
+        return self._locked(delete, "stored response %s not deleted: %s", response_id) or False

@@ -1,4 +1,9 @@
-"""Build the routes (and the providers behind them) that a ``Settings`` describes."""
+"""The composition root: settings → engines → providers → router → app.
+
+Only the entry points (``cli.py``, ``ray/``) import this module; nothing below it does. ``build_router``
+turns a ``Settings`` into the providers and the ``Router`` over them, ``build_app`` hands that router to
+``api.app.create_app``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import (
+from .engine import ModelLoadError, embedded_model_path, model_id_for
+from .engine.cache_pool import PromptCachePool
+from .engine.cpu import CpuInfo, choose_repack, read_cpu_info
+from .memory_budget import resolve_budget
+from .providers.base import Provider
+from .providers.local_embeddings import EMBEDDING_ALIASES, embedding_provider
+from .providers.managed import ManagedLocalProvider
+from .providers.model_pool import MIB, ModelPool
+from .router import Deployment, Route, Router
+from .settings import (
     AnthropicDeployment,
     EngineOptions,
     LocalDeployment,
@@ -16,20 +30,13 @@ from ..config import (
     Settings,
     UpstreamDeployment,
 )
-from ..engine import ModelLoadError, embedded_model_path, model_id_for
-from ..engine.cache_pool import PromptCachePool
-from ..engine.cpu import CpuInfo, choose_repack, read_cpu_info
-from ..memory_budget import resolve_budget
-from ..router import Deployment, Route, Router
-from .base import Provider
-from .local_embeddings import EMBEDDING_ALIASES, embedding_provider
-from .managed import ManagedLocalProvider, load_engine
-from .model_pool import MIB, ModelPool
 
 if TYPE_CHECKING:
-    from .upstream import UpstreamPool
+    from fastapi import FastAPI
 
-__all__ = ["build_router", "build_routes", "load_engine"]
+    from .providers.upstream import UpstreamPool
+
+__all__ = ["build_app", "build_router", "build_routes", "deployment_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +100,15 @@ def _provider(
         return _local(
             path, deployment_options(deployment, shared.settings.engine_options), shared, entry=entry
         )
-    from .anthropic import AnthropicProvider  # only gateway configs need httpx machinery
-    from .upstream import UpstreamPool, UpstreamProvider
+    from .providers.anthropic import AnthropicProvider  # only gateway configs need httpx machinery
+    from .providers.upstream import UpstreamPool, UpstreamProvider
 
     if shared.pool is None:
         shared.pool = UpstreamPool()
     if isinstance(deployment, AnthropicDeployment):
         return AnthropicProvider(deployment, pool=shared.pool)
     if isinstance(deployment, OpenAIDeployment) and deployment.responses:
-        from .openai_responses import ResponsesUpstreamProvider
+        from .providers.openai_responses import ResponsesUpstreamProvider
 
         return ResponsesUpstreamProvider(deployment, pool=shared.pool)
     return UpstreamProvider(deployment, pool=shared.pool)
@@ -202,3 +209,10 @@ def build_router(settings: Settings) -> Router:
     known = {n for r in routes for n in (r.name, *r.aliases)}
     routes.extend(_scan_models_dir(shared, known))
     return Router(routes, discover=lambda: _scan_models_dir(shared, known), memory=shared.models.report)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The app a ``Settings`` describes; probes each local GGUF now, so a broken file stops start-up."""
+    from .api.app import create_app
+
+    return create_app(settings, build_router(settings))
