@@ -46,5 +46,6 @@ async def usage_report(request: Request) -> Response:
     ledger: Ledger = request.app.state.ledger
     if not ledger.is_running:
         raise ServiceUnavailable("The usage ledger is off: its file could not be opened at start-up.")
+    await asyncio.to_thread(ledger.flush)  # the requests that ended before this one are counted
     rows = await asyncio.to_thread(summarize, ledger.path, since=since, group_by=cast(Group, group_by))
     return JSONResponse({"object": "list", "group_by": group_by, "since": since, "data": rows})
