@@ -1,21 +1,20 @@
 """The usage ledger: one SQLite row per request, written in batches by a thread off the event loop.
 
-``record`` only puts the entry on a bounded queue (``QUEUE_BOUND`` entries); when the queue is full the
-entry is dropped and counted (``dropped``), so a slow disk never stalls serving. The writer thread
-gathers entries for up to ``LINGER`` seconds (or ``BATCH`` entries) and commits them as one
-transaction, with ``synchronous=NORMAL`` (WAL: a power cut may lose the last batches, never the
-file): a commit per request cost more CPU than serving a proxied request. ``flush`` waits for what
-is queued, so a report read after it includes every request that ended before it.
+``record`` only appends the entry to a bounded queue (``QUEUE_BOUND`` entries); when the queue is full
+the entry is dropped and counted (``dropped``), so a slow disk never stalls serving. Every ``LINGER``
+seconds the writer thread commits what has queued up, ``BATCH`` entries a transaction, with
+``synchronous=NORMAL`` (WAL: a power cut may lose the last batches, never the file). A commit per
+request, and a thread wake-up per request, cost more CPU than proxying the request. ``flush`` waits
+for what is queued, so a report read after it includes every request that ended before it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import queue
 import sqlite3
 import threading
-import time
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_BOUND = 10_000
 BATCH = 256
-LINGER = 0.05  # seconds a batch waits for more entries before its commit
+LINGER = 0.05  # seconds between the writer's rounds: a batch gathers what came in meanwhile
 GROUPS = ("key", "model", "day", "route")
 Group = Literal["key", "model", "day", "route"]
 
@@ -83,11 +82,13 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._queue: queue.Queue[LedgerEntry | None] = queue.Queue(maxsize=QUEUE_BOUND)
+        # Appended by the event loop, drained by the writer: no lock and no wake-up per request.
+        self._pending: collections.deque[LedgerEntry] = collections.deque()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.dropped = 0
         self._done = threading.Condition()
-        self._queued = 0  # entries put on the queue, and those written (or given up on)
+        self._queued = 0  # entries queued, and those written (or given up on)
         self._written = 0
 
     @property
@@ -96,53 +97,42 @@ class Ledger:
 
     def start(self) -> None:
         connect(self.path).close()  # fail at start-up, not on the first request
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
         self._thread.start()
 
     def record(self, entry: LedgerEntry) -> None:
         if self._thread is None:
             return  # not started, or it could not open its file
-        try:
-            with self._done:
-                self._queue.put_nowait(entry)
-                self._queued += 1
-        except queue.Full:
+        if len(self._pending) >= QUEUE_BOUND:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.warning("usage ledger queue full: %d entries dropped so far", self.dropped)
+            return
+        self._pending.append(entry)
+        self._queued += 1
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the entries queued so far are written; False if that took over ``timeout``."""
+        target = self._queued
         with self._done:
-            target = self._queued
             return self._done.wait_for(lambda: self._written >= target or self._thread is None, timeout)
 
     def close(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
+            with self._done:
+                self._done.notify_all()
 
     def _run(self) -> None:
         conn = connect(self.path)
         try:
-            stop = False
-            while not stop:
-                batch: list[LedgerEntry] = []
-                item = self._queue.get()
-                deadline = time.monotonic() + LINGER
-                while True:
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                    if len(batch) >= BATCH:
-                        break
-                    try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                if batch:
+            while True:
+                stopping = self._stop.wait(LINGER)
+                while self._pending:
+                    batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
                     try:
                         with conn:
                             conn.executemany(
@@ -153,6 +143,8 @@ class Ledger:
                     with self._done:
                         self._written += len(batch)
                         self._done.notify_all()
+                if stopping:
+                    return
         finally:
             conn.close()
 
