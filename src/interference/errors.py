@@ -252,5 +252,7 @@ class UpstreamStatusError(UpstreamError):
         self.body = body
         self.retry_after = retry_after
         self.retryable = status >= 500 or status == 429
-        if status < 500:
+        if status == 429:
+            self.type = "rate_limit_error"
+        elif status < 500:
             self.type = "invalid_request_error"
