@@ -8,6 +8,7 @@ show: a TCP reset, a connection closed after the request arrived.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -158,17 +159,42 @@ _RAW_REPLY = {
 }
 
 
+# ---------------------------------------------------------------------- interference in front
+
+
+def gateway_config(
+    models: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
+    *,
+    head: tuple[str, ...] = ('log_level = "debug"', "parallel = 2", "ctx_size = 2048"),
+) -> str:
+    """A gateway file: model name -> (its options, its deployments), after the ``head`` settings."""
+    lines = list(head)
+    for name, (options, deployments) in models.items():
+        lines += ["", "[[models]]", f"name = {json.dumps(name)}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+        for d in deployments:
+            lines += ["[[models.deployments]]", *(f"{k} = {json.dumps(v)}" for k, v in d.items())]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def gateway(
+    tmp: Path, upstream: UpstreamServer, *, name: str = "up", kind: str = "openai", model: str = "upstream"
+) -> Iterator[RunningServer]:
+    """interference serving ``name`` from one started ``upstream`` (a ``kind`` deployment); stops it after."""
+    config = tmp / "gateway.toml"
+    deployment = {"type": kind, "base_url": upstream.url, "model": model}
+    config.write_text(gateway_config({name: ({}, [deployment])}, head=()))
+    try:
+        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
+            yield server
+    finally:
+        upstream.stop()
+
+
 @contextmanager
 def upstream_gateway(tmp: Path, mode: str = "ok") -> Iterator[tuple[RunningServer, FakeUpstream]]:
     """interference serving model "up" from one ``FakeUpstream`` in ``mode`` (an ``openai`` deployment)."""
     upstream = FakeUpstream(mode=mode).start()
-    config = tmp / "gateway.toml"
-    config.write_text(
-        f'[[models]]\nname = "up"\n[[models.deployments]]\ntype = "openai"\n'
-        f'base_url = "{upstream.url}"\nmodel = "upstream"\n'
-    )
-    try:
-        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
-            yield server, upstream
-    finally:
-        upstream.stop()
+    with gateway(tmp, upstream) as server:
+        yield server, upstream
