@@ -1,6 +1,6 @@
 """Upstream faults through a real gateway process in front of fake upstreams.
 
-Each fault, the error it becomes at the boundary (``providers/upstream.py``), what the router does
+Each fault, the error it becomes at the boundary (``providers/http_upstream.py``), what the router does
 with it (``router.py``) and what the client sees:
 
     fault                                error                  router          client, when no

@@ -167,14 +167,15 @@ class HttpUpstream(Provider):
         return json_object(await self._read(request))
 
     @staticmethod
-    async def _iter_data(response: httpx.Response) -> AsyncIterator[str]:
-        """The ``data`` payloads of an event-stream body, as they arrive."""
+    async def _iter_data(response: httpx.Response) -> AsyncIterator[list[str]]:
+        """The ``data`` payloads of an event-stream body, those of each chunk read together (one
+        await per chunk, not per event)."""
         decoder = SSEDecoder()
         async for chunk in response.aiter_bytes():
-            for data in decoder.decode(chunk):
-                yield data
-        for data in decoder.flush():
-            yield data
+            if batch := decoder.decode(chunk):
+                yield batch
+        if rest := decoder.flush():
+            yield rest
 
     async def _iter_typed_events(
         self,
@@ -189,14 +190,15 @@ class HttpUpstream(Provider):
         ``terminal`` events is an ``UpstreamProtocolError``.
         """
         finished = False
-        async for data in self._iter_data(response):
-            event = loads(data)
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise UpstreamProtocolError("The upstream server sent a malformed event.")
-            if event["type"] == "error":
-                raise error(event, self._redact)
-            finished = finished or event["type"] in terminal
-            yield MessageEvent(event["type"], event)
+        async for batch in self._iter_data(response):
+            for data in batch:
+                event = loads(data)
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                    raise UpstreamProtocolError("The upstream server sent a malformed event.")
+                if event["type"] == "error":
+                    raise error(event, self._redact)
+                finished = finished or event["type"] in terminal
+                yield MessageEvent(event["type"], event)
         if not finished:
             raise UpstreamProtocolError("The upstream server ended the stream before it finished.")
 

@@ -111,9 +111,10 @@ class UpstreamProvider(HttpUpstream):
             content_type = response.headers.get("content-type", "")
             if request.stream and not content_type.startswith("application/json"):
                 events = ChunkStream(kind, redact=self._redact)
-                async for data in self._iter_data(response):
-                    for delta in events.feed(data):
-                        yield delta
+                async for batch in self._iter_data(response):
+                    for data in batch:
+                        for delta in events.feed(data):
+                            yield delta
                 for delta in events.end():
                     yield delta
             else:
