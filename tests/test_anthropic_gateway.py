@@ -340,6 +340,14 @@ def test_openai_errors_from_an_anthropic_upstream_keep_openai_envelope(gw: Gatew
         gw.openai().completions.create(model="claude-native", prompt="Hi")
 
 
+def test_embeddings_from_an_anthropic_upstream_are_a_400(gw: Gateway) -> None:
+    hits = gw.claude_up["main"].hits
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.openai().embeddings.create(model="claude-native", input="Hi")
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    assert gw.claude_up["main"].hits == hits  # nothing was sent
+
+
 # ---------------------------------------------------------------------- Claude clients, OpenAI upstream
 
 
