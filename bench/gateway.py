@@ -75,11 +75,11 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
     import uvicorn
 
     from interference.assembly import build_app
-    from interference.providers import upstream
+    from interference.providers import http_upstream
     from interference.settings import load_settings
 
     if transport == "httpcore":
-        upstream._transport = lambda: None  # httpx's default transport (httpcore's pool)
+        http_upstream._transport = lambda: None  # httpx's default transport (httpcore's pool)
     elif transport == "aiohttp":
         import aiohttp
         from httpx_aiohttp import AiohttpTransport
@@ -88,7 +88,7 @@ def run_variant(config: str, port: int, loop: str, http: str, transport: str) ->
             # As our own pool: no connection cap (the library would apply aiohttp's 100), 30 s keep-alive.
             return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0))
 
-        upstream._transport = lambda: AiohttpTransport(client=session)
+        http_upstream._transport = lambda: AiohttpTransport(client=session)
     app = build_app(load_settings({"port": port}, config_file=config))
     uvicorn.run(app, host="127.0.0.1", port=port, loop=loop, http=http, access_log=False, log_level="warning")
 

@@ -23,7 +23,7 @@ from test_chat_template import _with_template
 import fake_anthropic
 from conftest import RunningServer, running_server
 from fake_anthropic import FakeAnthropic
-from fake_upstream import PIECES, REASONING, FakeUpstream, upstream_gateway
+from fake_upstream import PIECES, REASONING, FakeUpstream, gateway, upstream_gateway
 from interference.engine import embedded_model_path
 
 MODEL = "claude-sonnet-4-5"  # a default alias of the embedded model
@@ -358,16 +358,8 @@ def claude_upstream(
 ) -> Iterator[tuple[RunningServer, FakeAnthropic]]:
     tmp = tmp_path_factory.mktemp("claude-upstream")
     upstream = FakeAnthropic(mode="thinking").start()
-    config = tmp / "gateway.toml"
-    config.write_text(
-        f'[[models]]\nname = "claude-up"\n[[models.deployments]]\ntype = "anthropic"\n'
-        f'base_url = "{upstream.url}"\nmodel = "claude-upstream"\n'
-    )
-    try:
-        with running_server("--config", str(config), "--no-embeddings", tmp=tmp) as server:
-            yield server, upstream
-    finally:
-        upstream.stop()
+    with gateway(tmp, upstream, name="claude-up", kind="anthropic", model="claude-upstream") as server:
+        yield server, upstream
 
 
 def test_claude_code_fields_reach_an_anthropic_upstream(

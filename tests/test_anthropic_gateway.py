@@ -19,7 +19,7 @@ import pytest
 import fake_anthropic
 from conftest import RunningServer, free_port, running_server
 from fake_anthropic import FakeAnthropic
-from fake_upstream import PIECES, FakeUpstream
+from fake_upstream import PIECES, FakeUpstream, gateway_config
 
 KEY = "sk-ant-fake-0123456789"
 HI = [{"role": "user", "content": "Say hello."}]
@@ -63,16 +63,6 @@ def _anthropic(up: FakeAnthropic, **extra: Any) -> dict[str, Any]:
     return {"type": "anthropic", "base_url": up.url, "model": "claude-upstream", **extra}
 
 
-def _config(models: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
-    lines = ['log_level = "debug"', "parallel = 2", "ctx_size = 2048"]
-    for name, (options, deployments) in models.items():
-        lines += ["", "[[models]]", f"name = {json.dumps(name)}"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
-        for d in deployments:
-            lines += ["[[models.deployments]]", *(f"{k} = {json.dumps(v)}" for k, v in d.items())]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("anthropic-gateway")
@@ -108,7 +98,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         },
     }
     config = tmp / "gateway.toml"
-    config.write_text(_config(models))
+    config.write_text(gateway_config(models))
     try:
         with running_server("--config", str(config), tmp=tmp) as server:
             yield Gateway(server, claude_up, openai_up)
@@ -348,6 +338,14 @@ def test_openai_errors_from_an_anthropic_upstream_keep_openai_envelope(gw: Gatew
     assert refused.value.status_code == 502 and "(403)" in refused.value.message
     with pytest.raises(openai.BadRequestError):
         gw.openai().completions.create(model="claude-native", prompt="Hi")
+
+
+def test_embeddings_from_an_anthropic_upstream_are_a_400(gw: Gateway) -> None:
+    hits = gw.claude_up["main"].hits
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.openai().embeddings.create(model="claude-native", input="Hi")
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    assert gw.claude_up["main"].hits == hits  # nothing was sent
 
 
 # ---------------------------------------------------------------------- Claude clients, OpenAI upstream

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import struct
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,15 +13,10 @@ from typing import Any
 import httpx
 import numpy as np
 import openai
-import orjson
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from conftest import RunningServer, free_port, running_server
+from fake_upstream import FakeUpstream
 
 MODEL = "text-embedding-3-small"
 DIMS = 384
@@ -298,62 +290,12 @@ def _reference_bert(folder: Path, ids: list[int]) -> np.ndarray[Any, Any]:
 # ---------------------------------------------------------------------- through an upstream
 
 
-class FakeEmbeddingUpstream:
-    """An OpenAI-compatible /v1/embeddings on a free port: vector i of a request is [i+1, 1, 1, ...]."""
-
-    def __init__(self, *, status: int = 200) -> None:
-        self.status = status
-        self.bodies: list[dict[str, Any]] = []
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        app = Starlette(routes=[Route("/v1/embeddings", self._handle, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-    async def _handle(self, request: Request) -> Response:
-        body = orjson.loads(await request.body())
-        self.bodies.append(body)
-        if self.status != 200:
-            error = {
-                "message": f"upstream says {self.status}",
-                "type": "invalid_request_error",
-                "param": "input",
-            }
-            return JSONResponse({"error": error}, status_code=self.status)
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        size = body.get("dimensions", 8)
-        data = []
-        # Answer out of order: the gateway must sort by index.
-        for i in reversed(range(len(inputs))):
-            vector = np.ones(size, dtype="<f4")
-            vector[0] = i + 1
-            encoded: Any = vector.tolist()
-            if body.get("encoding_format") == "base64":
-                encoded = base64.b64encode(vector.tobytes()).decode()
-            data.append({"object": "embedding", "index": i, "embedding": encoded})
-        usage = {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}
-        return JSONResponse({"object": "list", "data": data, "model": body["model"], "usage": usage})
-
-
 @pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[RunningServer, FakeEmbeddingUpstream]]:
+) -> Iterator[tuple[RunningServer, FakeUpstream]]:
     tmp = tmp_path_factory.mktemp("embeddings-gateway")
-    good, bad = FakeEmbeddingUpstream(), FakeEmbeddingUpstream(status=400)
+    good, bad = FakeUpstream().start(), FakeUpstream(embedding_status=400).start()
     dead = f"http://127.0.0.1:{free_port()}/v1"
     config = tmp / "gateway.toml"
     config.write_text(
@@ -391,7 +333,7 @@ base_url = "{bad.url}"
         bad.stop()
 
 
-def test_upstream_pass_through_float_and_base64(gateway: tuple[RunningServer, FakeEmbeddingUpstream]) -> None:
+def test_upstream_pass_through_float_and_base64(gateway: tuple[RunningServer, FakeUpstream]) -> None:
     server, upstream = gateway
     client = server.client()
     result = client.embeddings.create(model="up-embed", input=["a", "b", "c"], encoding_format="float")
@@ -407,7 +349,7 @@ def test_upstream_pass_through_float_and_base64(gateway: tuple[RunningServer, Fa
 
 
 def test_upstream_alias_wins_over_the_local_default(
-    gateway: tuple[RunningServer, FakeEmbeddingUpstream],
+    gateway: tuple[RunningServer, FakeUpstream],
 ) -> None:
     server, upstream = gateway
     result = server.client().embeddings.create(model="text-embedding-3-small", input="x")
@@ -415,13 +357,13 @@ def test_upstream_alias_wins_over_the_local_default(
     assert upstream.bodies[-1]["model"] == "upstream-embedder"
 
 
-def test_upstream_failover(gateway: tuple[RunningServer, FakeEmbeddingUpstream]) -> None:
+def test_upstream_failover(gateway: tuple[RunningServer, FakeUpstream]) -> None:
     server, _ = gateway
     result = server.client().embeddings.create(model="up-failover", input="x", encoding_format="float")
     assert result.data[0].embedding[0] == 1.0
 
 
-def test_upstream_4xx_passes_through(gateway: tuple[RunningServer, FakeEmbeddingUpstream]) -> None:
+def test_upstream_4xx_passes_through(gateway: tuple[RunningServer, FakeUpstream]) -> None:
     server, _ = gateway
     with pytest.raises(openai.BadRequestError) as info:
         server.client().embeddings.create(model="up-bad", input="x")
@@ -431,7 +373,7 @@ def test_upstream_4xx_passes_through(gateway: tuple[RunningServer, FakeEmbedding
 
 
 def test_the_local_model_still_answers_by_its_own_name(
-    gateway: tuple[RunningServer, FakeEmbeddingUpstream],
+    gateway: tuple[RunningServer, FakeUpstream],
 ) -> None:
     server, upstream = gateway
     hits = len(upstream.bodies)

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from conftest import RunningServer, free_port, running_server
-from fake_upstream import PIECES, FakeUpstream
+from fake_upstream import PIECES, FakeUpstream, gateway_config
 
 TEXT = "".join(PIECES)
 KEYS = {
@@ -72,26 +72,6 @@ def _deployment(url: str, *, model: str | None = None, **extra: Any) -> dict[str
     return {"type": "openai", "base_url": url, **({"model": model} if model else {}), **extra}
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
-
-
-def _config(models: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
-    lines = ['log_level = "debug"', "parallel = 2", "ctx_size = 2048"]
-    for name, (options, deployments) in models.items():
-        lines += ["", "[[models]]", f"name = {_toml(name)}"]
-        lines += [f"{k} = {_toml(v)}" for k, v in options.items()]
-        for d in deployments:
-            lines += ["[[models.deployments]]", *(f"{k} = {_toml(v)}" for k, v in d.items())]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
@@ -141,7 +121,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "drip": ({}, [_deployment(up["drip"].url)]),
     }
     config = tmp / "gateway.toml"
-    config.write_text(_config(models))
+    config.write_text(gateway_config(models))
     try:
         with running_server("--config", str(config), tmp=tmp, env={K2_ENV: KEYS["k2"]}) as server:
             yield Gateway(server, up, dead_url)

@@ -1,6 +1,6 @@
 """Upstream faults through a real gateway process in front of fake upstreams.
 
-Each fault, the error it becomes at the boundary (``providers/upstream.py``), what the router does
+Each fault, the error it becomes at the boundary (``providers/http_upstream.py``), what the router does
 with it (``router.py``) and what the client sees:
 
     fault                                error                  router          client, when no
@@ -30,7 +30,7 @@ import openai
 import pytest
 
 from conftest import RunningServer, free_port, running_server
-from fake_upstream import PIECES, RAW_TEXT, FakeUpstream, RawUpstream
+from fake_upstream import PIECES, RAW_TEXT, FakeUpstream, RawUpstream, gateway_config
 
 TEXT = "".join(PIECES)
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -57,17 +57,6 @@ class Gateway:
 
     def http(self) -> httpx.Client:
         return self.server.http(timeout=30.0)
-
-
-def _config(models: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
-    lines = ['log_level = "debug"', "parallel = 2", "ctx_size = 2048"]
-    for name, (options, deployments) in models.items():
-        lines += ["", "[[models]]", f"name = {json.dumps(name)}"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
-        for d in deployments:
-            lines += ["[[models.deployments]]", 'type = "openai"']
-            lines += [f"{k} = {json.dumps(v)}" for k, v in d.items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +111,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "auth-only": ({}, [to("auth_only")]),
     }
     config = tmp / "gateway.toml"
-    config.write_text(_config(models))
+    typed = {name: (options, [{"type": "openai", **d} for d in ds]) for name, (options, ds) in models.items()}
+    config.write_text(gateway_config(typed))
     try:
         with running_server("--config", str(config), tmp=tmp) as server:
             yield Gateway(server, up, raw)

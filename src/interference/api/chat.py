@@ -9,11 +9,11 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from ..protocol import ChatCompletionRequest, new_id
-from ..providers.base import Delta, TokenUsage
+from ..providers.base import Delta
 from ..router import Router
 from . import sse
 from .request_log import RequestRecord
-from .serving import fold, open_stream, sse_frames, usage_dict
+from .serving import ChunkEnvelope, fold, open_stream, sse_frames, usage_dict
 from .shutdown import Shutdown
 
 __all__ = ["ChatServing"]
@@ -51,15 +51,7 @@ class ChatServing:
             }
             return Response(orjson.dumps(body), media_type="application/json")
 
-        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": None,
-                "choices": choices,
-            }
+        envelope = ChunkEnvelope(cid, "chat.completion.chunk", created, model)
 
         def chunks(delta: Delta) -> list[dict[str, Any]]:
             out = []
@@ -87,9 +79,6 @@ class ChatServing:
                 out.append(envelope([choice]))
             return out
 
-        def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
-            return {**envelope([]), "usage": usage_dict(usage)}
-
         # Every choice opens with its role, as OpenAI streams n > 1.
         roles = [
             envelope(
@@ -109,7 +98,7 @@ class ChatServing:
             stream,
             chunks=chunks,
             openings=roles,
-            usage_chunk=usage_chunk if request.include_usage else None,
+            usage_chunk=envelope.usage_chunk if request.include_usage else None,
             record=record,
             shutdown=self._shutdown,
         )

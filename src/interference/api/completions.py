@@ -8,11 +8,11 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..protocol import CompletionRequest, new_id
-from ..providers.base import Delta, TokenUsage
+from ..providers.base import Delta
 from ..router import Router
 from . import sse
 from .request_log import RequestRecord
-from .serving import fold, open_stream, sse_frames, usage_dict
+from .serving import ChunkEnvelope, fold, open_stream, sse_frames, usage_dict
 from .shutdown import Shutdown
 
 __all__ = ["CompletionServing"]
@@ -25,17 +25,7 @@ class CompletionServing:
 
     async def create(self, request: CompletionRequest, *, record: RequestRecord | None = None) -> Response:
         first, stream = await open_stream(self._router.complete(request), record)
-        cid, created, model = new_id("cmpl"), int(time.time()), request.model
-
-        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": None,
-                "choices": choices,
-            }
+        envelope = ChunkEnvelope(new_id("cmpl"), "text_completion", int(time.time()), request.model)
 
         if not request.stream:
             folded = await fold(first, stream, record)
@@ -64,15 +54,12 @@ class CompletionServing:
             }
             return [envelope([choice])]
 
-        def usage_chunk(usage: TokenUsage) -> dict[str, Any]:
-            return {**envelope([]), "usage": usage_dict(usage)}
-
         frames = sse_frames(
             first,
             stream,
             chunks=chunks,
             openings=[],
-            usage_chunk=usage_chunk if request.include_usage else None,
+            usage_chunk=envelope.usage_chunk if request.include_usage else None,
             record=record,
             shutdown=self._shutdown,
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -90,16 +92,10 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
 
 
 def error_body(exc: InterferenceError) -> ErrorResponse:
+    """OpenAI's envelope: the error's own ``type``, ``param`` and ``code``."""
     return ErrorResponse(
         error=ErrorBody(message=_ADDRESS.sub("", exc.message), type=exc.type, param=exc.param, code=exc.code)
     )
-
-
-def error_response(exc: InterferenceError) -> JSONResponse:
-    headers = {}
-    if exc.retry_after is not None:  # our own queue's estimate, or an upstream's own Retry-After
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return JSONResponse(error_body(exc).model_dump(), status_code=exc.status, headers=headers)
 
 
 # Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
@@ -119,13 +115,8 @@ _ANTHROPIC_PATHS = frozenset(
 )
 
 
-def is_anthropic(scope: Scope) -> bool:
-    """Whether this request gets Anthropic's envelope: its routes, or a client that names its version."""
-    path = scope.get("path", "")
-    return path in _ANTHROPIC_PATHS or "anthropic-version" in Headers(scope=scope)
-
-
 def anthropic_error_body(exc: InterferenceError) -> dict[str, Any]:
+    """Anthropic's envelope: its error type for the status."""
     kind = _ANTHROPIC_TYPES.get(exc.status) or ("api_error" if exc.status >= 500 else "invalid_request_error")
     message = _ADDRESS.sub("", exc.message)
     if isinstance(exc, ContextLengthExceeded) and exc.tokens is not None and exc.limit is not None:
@@ -133,16 +124,43 @@ def anthropic_error_body(exc: InterferenceError) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """One API's error answer: its body, and whether every 429 says when to retry."""
+
+    body: Callable[[InterferenceError], dict[str, Any]]
+    is_429_timed: bool
+
+    def response(self, exc: InterferenceError) -> JSONResponse:
+        # Our own queue's estimate, or an upstream's own Retry-After; Anthropic's clients wait 1 s without.
+        seconds = exc.retry_after
+        if seconds is None and self.is_429_timed and exc.status == 429:
+            seconds = 1.0
+        headers = {"Retry-After": str(max(1, round(seconds)))} if seconds is not None else {}
+        return JSONResponse(self.body(exc), status_code=exc.status, headers=headers)
+
+
+_OPENAI = _Envelope(lambda exc: error_body(exc).model_dump(), is_429_timed=False)
+_ANTHROPIC = _Envelope(anthropic_error_body, is_429_timed=True)
+
+
+def error_response(exc: InterferenceError) -> JSONResponse:
+    return _OPENAI.response(exc)
+
+
 def anthropic_error_response(exc: InterferenceError) -> JSONResponse:
-    headers = {}
-    if exc.retry_after is not None or exc.status == 429:  # Anthropic's clients wait this long to retry
-        headers["Retry-After"] = str(max(1, round(exc.retry_after or 1.0)))
-    return JSONResponse(anthropic_error_body(exc), status_code=exc.status, headers=headers)
+    return _ANTHROPIC.response(exc)
+
+
+def is_anthropic(scope: Scope) -> bool:
+    """Whether this request gets Anthropic's envelope: its routes, or a client that names its version."""
+    path = scope.get("path", "")
+    return path in _ANTHROPIC_PATHS or "anthropic-version" in Headers(scope=scope)
 
 
 def response_for(scope: Scope, exc: InterferenceError) -> JSONResponse:
     """The error in the envelope of the route that was asked."""
-    return anthropic_error_response(exc) if is_anthropic(scope) else error_response(exc)
+    return (_ANTHROPIC if is_anthropic(scope) else _OPENAI).response(exc)
 
 
 async def _on_interference_error(request: Request, exc: Exception) -> Response:

@@ -1,12 +1,14 @@
 """HTTP routes: thin handlers that parse, delegate to a serving object and return its response.
 
-The router is mounted twice, under ``/v1`` and at the root, because older clients set their base URL
-without ``/v1``.
+Every API route is one row of ``_API_ROUTES``; a route that parses a body and awaits its serving
+object (most of them) is one ``_serving`` row. The router is mounted twice, under ``/v1`` and at the
+root, because older clients set their base URL without ``/v1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -36,19 +38,20 @@ from .usage import usage_report
 __all__ = ["REQUEST_MODELS", "api_router", "health_router"]
 
 M = TypeVar("M", bound=BaseModel)
-
-# Parsed by hand in the handlers; declared to the OpenAPI document by ``request_body``.
-REQUEST_MODELS = (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ResponseRequest,
-    MessagesRequest,
-    CountTokensRequest,
+# The bodies of the routes that hand one request to a serving object.
+Body = TypeVar(
+    "Body", ChatCompletionRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest
 )
+Endpoint = Callable[..., Awaitable[Response]]
 
-api_router = APIRouter()
-health_router = APIRouter()
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    name: str  # the OpenAPI operation's name
+    method: str
+    path: str
+    endpoint: Endpoint
+    body: type[BaseModel] | None = None  # parsed by the handler; declared to the OpenAPI document
 
 
 async def _parse(request: Request, model: type[M]) -> M:
@@ -60,6 +63,8 @@ async def _parse(request: Request, model: type[M]) -> M:
         caller = caller_of(request.scope)
         if caller is not None and caller.name is not None:
             parsed.set_tenant(caller.name)
+    if isinstance(parsed, CountTokensRequest):  # and MessagesRequest: Anthropic upstreams get it as sent
+        parsed.set_beta(request.headers.get("anthropic-beta", ""))
     return parsed
 
 
@@ -108,32 +113,23 @@ async def _card(work: Awaitable[ModelCard]) -> Response:
     return JSONResponse((await work).model_dump())
 
 
-@api_router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
-async def chat_completions(request: Request) -> Response:
-    body = await _parse(request, ChatCompletionRequest)
-    return await with_cancellation(
-        request, _state(request).chat.create(body, record=_record(request, body.model))
-    )
+def _serving(
+    name: str,
+    path: str,
+    model: type[Body],
+    serve: Callable[[AppState, Body, RequestRecord | None], Awaitable[Response]],
+) -> _Route:
+    """A POST route that parses ``model`` and awaits ``serve``, cancelled if the client leaves."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await _parse(request, model)
+        record = _record(request, body.model)
+        return await with_cancellation(request, serve(_state(request), body, record))
+
+    return _Route(name, "POST", path, endpoint, model)
 
 
-@api_router.post("/completions", openapi_extra=request_body(CompletionRequest))
-async def completions(request: Request) -> Response:
-    body = await _parse(request, CompletionRequest)
-    return await with_cancellation(
-        request, _state(request).completions.create(body, record=_record(request, body.model))
-    )
-
-
-@api_router.post("/embeddings", openapi_extra=request_body(EmbeddingRequest))
-async def embeddings(request: Request) -> Response:
-    body = await _parse(request, EmbeddingRequest)
-    return await with_cancellation(
-        request, _state(request).embeddings.create(body, record=_record(request, body.model))
-    )
-
-
-@api_router.post("/responses", openapi_extra=request_body(ResponseRequest))
-async def responses(request: Request) -> Response:
+async def _responses(request: Request) -> Response:
     body = await _parse(request, ResponseRequest)
     state, record, owner = _state(request), _record(request, body.model), _owner(request)
     if await state.router.serves_responses(body.model):  # an upstream that serves it: untranslated
@@ -143,66 +139,78 @@ async def responses(request: Request) -> Response:
     return await with_cancellation(request, work)
 
 
-@api_router.get("/responses/{response_id}")
-async def retrieve_response(request: Request, response_id: str) -> Response:
+async def _retrieve_response(request: Request, response_id: str) -> Response:
     return await _state(request).stored_responses.retrieve(response_id, owner=_owner(request))
 
 
-@api_router.delete("/responses/{response_id}")
-async def delete_response(request: Request, response_id: str) -> Response:
+async def _delete_response(request: Request, response_id: str) -> Response:
     return await _state(request).stored_responses.delete(response_id, owner=_owner(request))
 
 
-@api_router.get("/responses/{response_id}/input_items")
-async def response_input_items(request: Request, response_id: str) -> Response:
+async def _response_input_items(request: Request, response_id: str) -> Response:
     stored = _state(request).stored_responses
     return await stored.input_items(response_id, owner=_owner(request), query=dict(request.query_params))
 
 
-@api_router.post("/messages", openapi_extra=request_body(MessagesRequest))
-async def messages(request: Request) -> Response:
-    body = await _parse(request, MessagesRequest)
-    body.set_beta(request.headers.get("anthropic-beta", ""))
-    return await with_cancellation(
-        request, _state(request).messages.create(body, record=_record(request, body.model))
-    )
-
-
-@api_router.post("/messages/count_tokens", openapi_extra=request_body(CountTokensRequest))
-async def count_tokens(request: Request) -> Response:
-    body = await _parse(request, CountTokensRequest)
-    body.set_beta(request.headers.get("anthropic-beta", ""))
-    _record(request, body.model)
-    return await with_cancellation(request, _state(request).messages.count_tokens(body))
-
-
-@api_router.get("/models")
-async def list_models(request: Request) -> Response:
+async def _list_models(request: Request) -> Response:
     router = _state(request).router
     await router.refresh()  # a GGUF added to the models dir since
     return JSONResponse(model_list(request, router.cards(), router.memory()))
 
 
-@api_router.post("/models/{model_id:path}/load")
-async def load_model(request: Request, model_id: str) -> Response:
+async def _load_model(request: Request, model_id: str) -> Response:
     return await with_cancellation(request, _card(_state(request).router.load(model_id)))
 
 
-@api_router.post("/models/{model_id:path}/unload")
-async def unload_model(request: Request, model_id: str) -> Response:
+async def _unload_model(request: Request, model_id: str) -> Response:
     return await with_cancellation(request, _card(_state(request).router.unload(model_id)))
 
 
-@api_router.get("/models/{model_id:path}")
-async def retrieve_model(request: Request, model_id: str) -> Response:
+async def _retrieve_model(request: Request, model_id: str) -> Response:
     router = _state(request).router
     await router.find(model_id)
     return JSONResponse(model_card(request, router.card(model_id)))
 
 
-@api_router.get("/usage")
-async def usage(request: Request) -> Response:
-    return await usage_report(request)
+# In matching order: a longer path before the one it extends.
+_API_ROUTES = (
+    _serving("chat_completions", "/chat/completions", ChatCompletionRequest,
+             lambda state, body, record: state.chat.create(body, record=record)),
+    _serving("completions", "/completions", CompletionRequest,
+             lambda state, body, record: state.completions.create(body, record=record)),
+    _serving("embeddings", "/embeddings", EmbeddingRequest,
+             lambda state, body, record: state.embeddings.create(body, record=record)),
+    _Route("responses", "POST", "/responses", _responses, ResponseRequest),
+    _Route("retrieve_response", "GET", "/responses/{response_id}", _retrieve_response),
+    _Route("delete_response", "DELETE", "/responses/{response_id}", _delete_response),
+    _Route("response_input_items", "GET", "/responses/{response_id}/input_items", _response_input_items),
+    _serving("messages", "/messages", MessagesRequest,
+             lambda state, body, record: state.messages.create(body, record=record)),
+    _serving("count_tokens", "/messages/count_tokens", CountTokensRequest,
+             lambda state, body, _: state.messages.count_tokens(body)),
+    _Route("list_models", "GET", "/models", _list_models),
+    _Route("load_model", "POST", "/models/{model_id:path}/load", _load_model),
+    _Route("unload_model", "POST", "/models/{model_id:path}/unload", _unload_model),
+    _Route("retrieve_model", "GET", "/models/{model_id:path}", _retrieve_model),
+    _Route("usage", "GET", "/usage", usage_report),
+)  # fmt: skip
+
+# Parsed by hand in the handlers; declared to the OpenAPI document by ``request_body``.
+REQUEST_MODELS = tuple(route.body for route in _API_ROUTES if route.body is not None)
+
+
+def _api_router(routes: tuple[_Route, ...]) -> APIRouter:
+    router = APIRouter()
+    for route in routes:
+        extra = request_body(route.body) if route.body is not None else None
+        router.add_api_route(
+            route.path, route.endpoint, methods=[route.method], name=route.name, openapi_extra=extra
+        )
+    return router
+
+
+api_router = _api_router(_API_ROUTES)
+health_router = APIRouter()
 
 
 @health_router.get("/health")

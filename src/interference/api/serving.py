@@ -15,7 +15,16 @@ from .errors import error_body
 from .request_log import RequestRecord
 from .shutdown import Shutdown
 
-__all__ = ["Folded", "UsageTally", "guarded", "open_stream", "settle_usage", "sse_frames", "usage_dict"]
+__all__ = [
+    "ChunkEnvelope",
+    "Folded",
+    "UsageTally",
+    "guarded",
+    "open_stream",
+    "settle_usage",
+    "sse_frames",
+    "usage_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,30 @@ def usage_dict(usage: TokenUsage | None) -> dict[str, Any]:
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEnvelope:
+    """What every body and chunk of one completion repeats around its choices (chat's and text's)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+    def __call__(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+
+    def usage_chunk(self, usage: TokenUsage) -> dict[str, Any]:
+        """The chunk after the last choice's finish, when ``stream_options.include_usage`` asks for it."""
+        return {**self([]), "usage": usage_dict(usage)}
 
 
 @dataclass(slots=True)

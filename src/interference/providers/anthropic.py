@@ -15,9 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import orjson
 
-from .. import __version__
 from ..errors import UnsupportedParameter, UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from ..protocol import (
     ChatCompletionRequest,
@@ -27,10 +25,10 @@ from ..protocol import (
     ParamError,
 )
 from ..protocol.anthropic_openai import EventTranslator, chat_choice, chat_usage, messages_body
-from ..settings import AnthropicDeployment
+from ..settings import AnthropicDeployment, UpstreamDeployment
 from .base import Delta, MessageEvent
-from .sse import SSEDecoder
-from .upstream import UpstreamPool, UpstreamProvider, _choice_delta, _loads, _usage
+from .http_upstream import HttpUpstream, UpstreamPool
+from .openai_wire import choice_delta, usage_of
 
 __all__ = ["AnthropicProvider"]
 
@@ -45,9 +43,10 @@ _EVENT_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
+_TERMINAL = frozenset({"message_stop"})
 
 
-class AnthropicProvider(UpstreamProvider):
+class AnthropicProvider(HttpUpstream):
     """One Anthropic-compatible endpoint; ``base_url`` is its root as in ``ANTHROPIC_BASE_URL``."""
 
     def __init__(self, deployment: AnthropicDeployment, *, pool: UpstreamPool) -> None:
@@ -57,14 +56,13 @@ class AnthropicProvider(UpstreamProvider):
             "messages": httpx.URL(f"{root}/v1/messages"),
             "count_tokens": httpx.URL(f"{root}/v1/messages/count_tokens"),
         }
-        self._headers = {
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "User-Agent": f"interference/{__version__}",
-            "anthropic-version": deployment.anthropic_version,
-        }
+
+    def _wire_headers(self, deployment: UpstreamDeployment) -> dict[str, str]:
+        assert isinstance(deployment, AnthropicDeployment)
+        headers = {"anthropic-version": deployment.anthropic_version}
         if self._secret:
-            self._headers["x-api-key"] = self._secret
+            headers["x-api-key"] = self._secret
+        return headers
 
     # ------------------------------------------------------------------ OpenAI clients, by translation
 
@@ -100,7 +98,7 @@ class AnthropicProvider(UpstreamProvider):
     async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
         body = request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
-        result = await self._whole(self._urls["count_tokens"], body, beta=request.beta)
+        result = await self._read_object(self._call("count_tokens", body, request.beta))
         count = result.get("input_tokens")
         if not isinstance(count, int):
             raise UpstreamProtocolError("The upstream server sent a malformed token count.")
@@ -108,94 +106,48 @@ class AnthropicProvider(UpstreamProvider):
 
     # ------------------------------------------------------------------ the call
 
-    def _post(self, url: httpx.URL, body: dict[str, Any], beta: str = "") -> httpx.Request:
-        """The upstream call; ``beta``: the client's ``anthropic-beta`` header, passed on as sent."""
-        if self._client is None:
-            raise RuntimeError(f"upstream {self.name} used before start()")
-        headers = {**self._headers, "anthropic-beta": beta} if beta else self._headers
-        return httpx.Request(
-            "POST", url, content=orjson.dumps(body), headers=headers, extensions=self._extensions
-        )
-
-    async def _whole(self, url: httpx.URL, body: dict[str, Any], *, beta: str = "") -> dict[str, Any]:
-        upstream_request = self._post(url, body, beta)
-        assert self._client is not None
-        with self._translate_errors():
-            response = await self._client.send(upstream_request, stream=True)
-            try:
-                if not 200 <= response.status_code < 300:
-                    raise await self._status_error(response)
-                result = _loads(await response.aread())
-            finally:
-                await response.aclose()
-        if not isinstance(result, dict):
-            raise UpstreamProtocolError("The upstream server sent a malformed response.")
-        return result
+    def _call(self, kind: str, body: dict[str, Any], beta: str) -> httpx.Request:
+        """``beta``: the client's ``anthropic-beta`` header, passed on as sent."""
+        headers = {**self._headers, "anthropic-beta": beta} if beta else None
+        return self._post(self._urls[kind], body, headers=headers)
 
     async def _exchange(
         self, body: dict[str, Any], is_streaming: bool, *, beta: str = ""
     ) -> AsyncIterator[MessageEvent | dict[str, Any]]:
         """One Messages call: its events as they come (checked), or its whole body."""
         if not is_streaming:
-            yield await self._whole(self._urls["messages"], body, beta=beta)
+            yield await self._read_object(self._call("messages", body, beta))
             return
-        upstream_request = self._post(self._urls["messages"], body, beta)
-        assert self._client is not None
-        with self._translate_errors():
-            response = await self._client.send(upstream_request, stream=True)
-            try:
-                if not 200 <= response.status_code < 300:
-                    raise await self._status_error(response)
-                decoder = SSEDecoder()
-                stopped = False
-                async for chunk in response.aiter_bytes():
-                    for data in decoder.decode(chunk):
-                        event = self._event(data)
-                        stopped = stopped or event.name == "message_stop"
-                        yield event
-                for data in decoder.flush():
-                    event = self._event(data)
-                    stopped = stopped or event.name == "message_stop"
-                    yield event
-                if not stopped:
-                    raise UpstreamProtocolError("The upstream server ended the stream before it finished.")
-            finally:
-                await response.aclose()
-
-    def _event(self, data: str) -> MessageEvent:
-        event = _loads(data)
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise UpstreamProtocolError("The upstream server sent a malformed event.")
-        if event["type"] == "error":
-            raise _event_error(event.get("error"), self._redact)
-        return MessageEvent(event["type"], event)
+        async with self._open(self._call("messages", body, beta)) as response:
+            events = self._iter_typed_events(response, terminal=_TERMINAL, error=_event_error)
+            async for event in events:
+                yield event
 
 
 def _translated(translator: EventTranslator, event: MessageEvent) -> list[Delta]:
     """One upstream event as chat deltas; usage goes out when the message stops."""
     deltas = []
     for choice in translator.feed(event.data):
-        delta = _choice_delta(choice, "chat", is_chunk=True)
+        delta = choice_delta(choice, "chat", is_chunk=True)
         if delta.text or delta.reasoning or delta.tool_calls or delta.finish_reason:
             deltas.append(delta)
     if event.name == "message_stop" and translator.usage is not None:
-        deltas.append(Delta(usage=_usage(translator.usage)))
+        deltas.append(Delta(usage=usage_of(translator.usage)))
     return deltas
 
 
 def _translated_whole(body: dict[str, Any]) -> list[Delta]:
-    deltas = [_choice_delta(chat_choice(body), "chat", is_chunk=False)]
-    usage = _usage(chat_usage(body.get("usage")))
+    deltas = [choice_delta(chat_choice(body), "chat", is_chunk=False)]
+    usage = usage_of(chat_usage(body.get("usage")))
     if usage is not None:
         deltas.append(Delta(usage=usage))
     return deltas
 
 
-def _event_error(error: Any, redact: Callable[[str], str]) -> UpstreamError:
+def _event_error(event: dict[str, Any], redact: Callable[[str], str]) -> UpstreamError:
+    """An ``error`` event inside a 200 stream, as the status its type would have had."""
+    error = event.get("error")
     obj = error if isinstance(error, dict) else {}
     message = redact(str(obj.get("message") or "The upstream server reported an error."))
     status = _EVENT_STATUS.get(str(obj.get("type")), 500)
-    exc = UpstreamStatusError(status, message)
-    if status == 429:
-        exc.type = "rate_limit_error"
-    return exc
+    return UpstreamStatusError(status, message)
