@@ -56,7 +56,9 @@ def turn(client: httpx.Client, url: str, history: list[dict[str, str]]) -> dict[
 
 def run_workload(url: str, conversations: int, turns: int, concurrency: int) -> dict[str, Any]:
     """Round-robin turns; per turn >= 2: cached_tokens > 0, and cached >= the previous prompt."""
-    histories: list[list[dict[str, str]]] = [[{"role": "user", "content": opening(i)}] for i in range(conversations)]
+    histories: list[list[dict[str, str]]] = [
+        [{"role": "user", "content": opening(i)}] for i in range(conversations)
+    ]
     previous_prompt = [0] * conversations
     later = warm = whole = 0
     started = time.perf_counter()
@@ -71,7 +73,9 @@ def run_workload(url: str, conversations: int, turns: int, concurrency: int) -> 
                     warm += cached > 0
                     whole += cached >= previous_prompt[i]
                 previous_prompt[i] = usage["prompt_tokens"]
-                histories[i].append({"role": "assistant", "content": reply["choices"][0]["message"]["content"]})
+                histories[i].append(
+                    {"role": "assistant", "content": reply["choices"][0]["message"]["content"]}
+                )
                 histories[i].append({"role": "user", "content": f"Thanks. Now tell me more, part {t + 2}."})
     return {
         "turns_after_first": later,
@@ -102,7 +106,9 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         settings = Settings(threads=1, parallel=2, keys_file=None, usage_db=None)
         for routing in ("prefix", "pow2"):
-            serve.run(build_app(settings, Scaling(replicas=2), routing=routing), name="bench", route_prefix="/")
+            serve.run(
+                build_app(settings, Scaling(replicas=2), routing=routing), name="bench", route_prefix="/"
+            )
             results[routing] = run_workload(url, args.conversations, args.turns, args.concurrency)
             serve.delete("bench")
     finally:

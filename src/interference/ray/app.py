@@ -105,12 +105,14 @@ def build_app(
     *,
     routing: str = "prefix",
     engine_num_cpus: float | None = None,
+    engine_class: type[Any] = EngineReplica,
 ) -> Application:
     """The application: ingress and engine replicas as ``scaling`` says, routed by ``routing``.
 
     ``routing`` is a name in ``ROUTERS``: ``prefix`` (turns of a conversation go to the replica that
     holds its prefix) or ``pow2`` (Ray Serve's default). ``engine_num_cpus`` overrides the CPUs Ray
-    reserves per engine replica (``engine_cpus``)."""
+    reserves per engine replica (``engine_cpus``); ``engine_class`` replaces ``EngineReplica`` with a
+    class of the same methods (a stand-in engine, for measuring what Ray Serve adds)."""
     scaling = scaling or Scaling()
     if routing not in ROUTERS:
         raise ValueError(f"routing must be one of {sorted(ROUTERS)}, not {routing!r}")
@@ -129,7 +131,7 @@ def build_app(
             request_router_kwargs={"busy_at": settings.parallel} if routing == "prefix" else {},
         ),
         **scaling.deployment_options(),
-    )(EngineReplica)
+    )(engine_class)
     ledger = serve.deployment(
         name="UsageLedger",
         num_replicas=1,
