@@ -144,7 +144,8 @@ def sleep_engine_part(args: argparse.Namespace, port: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     overhead: dict[str, float] = {}
     for replicas in args.replicas:
-        app = build_app(settings, Scaling(replicas=replicas), engine_num_cpus=0, engine_class=SleepEngine)
+        scaling = Scaling(replicas=replicas, requests_per_slot=args.requests_per_slot)
+        app = build_app(settings, scaling, routing=args.routing, engine_num_cpus=0, engine_class=SleepEngine)
         serve.run(app, name="bench", route_prefix="/")
         clients = replicas * args.slots
         asyncio.run(
@@ -171,6 +172,8 @@ def sleep_engine_part(args: argparse.Namespace, port: int) -> dict[str, Any]:
     for row in rows:
         row["vs_linear"] = round(row["requests_per_s"] / (base * row["replicas"]), 3)
     return {
+        "routing": args.routing,
+        "requests_per_slot": args.requests_per_slot,
         "token_ms": args.token_ms,
         "tokens_per_request": args.tokens,
         "slots_per_replica": args.slots,
@@ -218,6 +221,8 @@ def main() -> None:
     parser.add_argument("--real-requests", type=int, default=24)
     parser.add_argument("--real-tokens", type=int, default=32)
     parser.add_argument("--real-concurrency", type=int, default=4)
+    parser.add_argument("--routing", choices=["prefix", "pow2"], default="prefix")
+    parser.add_argument("--requests-per-slot", type=int, default=2, help="engine replica capacity per slot")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--usage-db", default=None, help="the ledger file (default: a temporary one)")
     args = parser.parse_args()

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ingress-replicas", type=int, default=1, metavar="N", help="HTTP ingress replicas (default: 1)"
     )
     scale.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=2,
+        metavar="N",
+        help="requests one engine replica takes at once per decoding slot (default: 2)",
+    )
+    scale.add_argument(
         "--routing",
         choices=["prefix", "pow2"],
         default="prefix",
@@ -279,6 +286,7 @@ def _serve_ray(settings: Settings, args: argparse.Namespace) -> int:
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         ingress_replicas=args.ingress_replicas,
+        requests_per_slot=args.requests_per_slot,
     )
     return run(settings, args.ray, scaling, routing=args.routing)
 

@@ -25,8 +25,6 @@ from .routing import ROUTERS
 
 __all__ = ["Ingress", "Scaling", "build", "build_app"]
 
-# Requests one engine replica takes at once beyond its decoding slots; the rest wait at the ingress.
-_QUEUE_PER_SLOT = 2
 # Requests waiting at the ingress for an engine replica; beyond that Ray Serve refuses them (a 503).
 _MAX_QUEUED = 1000
 
@@ -44,6 +42,10 @@ class Scaling:
     # Seconds of ongoing-request figures the autoscaler averages over (Ray Serve's default: 30).
     look_back_period_s: float | None = None
     ingress_replicas: int = 1
+    # Requests one engine replica takes at once, per decoding slot; the rest wait at the ingress. With 1,
+    # whichever replica frees a slot first takes the next request (better balance when every slot is
+    # busy), but a request that finds no free slot within the provider's ASSIGN_TIMEOUT gets a 503.
+    requests_per_slot: int = 2
 
     def deployment_options(self) -> dict[str, Any]:
         if self.min_replicas is None and self.max_replicas is None:
@@ -121,7 +123,7 @@ def build_app(
     engine = serve.deployment(
         name="Engine",
         ray_actor_options={"num_cpus": cpus if engine_num_cpus is None else engine_num_cpus},
-        max_ongoing_requests=settings.parallel * _QUEUE_PER_SLOT,
+        max_ongoing_requests=settings.parallel * scaling.requests_per_slot,
         max_queued_requests=_MAX_QUEUED,
         health_check_period_s=2.0,
         graceful_shutdown_timeout_s=settings.shutdown_timeout,
@@ -159,6 +161,7 @@ def build(args: dict[str, Any]) -> Application:
         max_replicas=args.pop("max_replicas", None),
         downscale_delay_s=float(args.pop("downscale_delay_s", 60.0)),
         ingress_replicas=int(args.pop("ingress_replicas", 1)),
+        requests_per_slot=int(args.pop("requests_per_slot", 2)),
     )
     routing = str(args.pop("routing", "prefix"))
     config_file = args.pop("config", None)
