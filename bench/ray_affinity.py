@@ -95,8 +95,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from interference.settings import Settings
     from interference.ray.app import Scaling, build_app
+    from interference.settings import Settings
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()

@@ -135,8 +135,8 @@ async def one_at_a_time_handle(handle: Any, *, n: int, tokens: int) -> float:
 def sleep_engine_part(args: argparse.Namespace, port: int) -> dict[str, Any]:
     from ray import serve
 
-    from interference.config import Settings
     from interference.ray.app import Scaling, build_app
+    from interference.settings import Settings
 
     url = f"http://127.0.0.1:{port}"
     settings = Settings(parallel=args.slots, keys_file=None, usage_db=args.usage_db, embeddings=False)
@@ -186,8 +186,8 @@ def sleep_engine_part(args: argparse.Namespace, port: int) -> dict[str, Any]:
 def real_model_part(args: argparse.Namespace, port: int) -> dict[str, Any]:
     from ray import serve
 
-    from interference.config import Settings
     from interference.ray.app import Scaling, build_app
+    from interference.settings import Settings
 
     url = f"http://127.0.0.1:{port}"
     settings = Settings(threads=1, parallel=2, keys_file=None, usage_db=args.usage_db, embeddings=False)

@@ -165,7 +165,9 @@ class Ledger:
             return
         try:
             with conn:
-                conn.executemany("INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(e) for e in batch])
+                conn.executemany(
+                    "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(e) for e in batch]
+                )
         except sqlite3.Error:
             logger.exception("usage ledger: could not write %d entries", len(batch))
 
