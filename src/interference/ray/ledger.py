@@ -8,6 +8,7 @@ the node that holds the ledger replica.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..keys.ledger import Ledger, LedgerEntry, Sink, default_usage_db
@@ -26,8 +27,11 @@ class UsageLedger:
         self._ledger.start()
 
     async def write(self, entries: list[LedgerEntry]) -> int:
+        """Record ``entries`` and return once they are committed (an ingress's ``flush`` then means
+        its requests are in the file)."""
         for entry in entries:
             self._ledger.record(entry)
+        await asyncio.to_thread(self._ledger.flush)
         return len(entries)
 
     def __del__(self) -> None:  # Ray Serve calls it when the replica shuts down
