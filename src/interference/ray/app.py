@@ -119,18 +119,22 @@ def build_app(
     if routing not in ROUTERS:
         raise ValueError(f"routing must be one of {sorted(ROUTERS)}, not {routing!r}")
     cpus = engine_cpus(settings)
+    capacity = settings.parallel * scaling.requests_per_slot
     engine_settings = settings.model_copy(update={"threads": cpus})
     engine = serve.deployment(
         name="Engine",
         ray_actor_options={"num_cpus": cpus if engine_num_cpus is None else engine_num_cpus},
-        max_ongoing_requests=settings.parallel * scaling.requests_per_slot,
+        max_ongoing_requests=capacity,
         max_queued_requests=_MAX_QUEUED,
         health_check_period_s=2.0,
         graceful_shutdown_timeout_s=settings.shutdown_timeout,
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTERS[routing],  # type: ignore[arg-type]  # a str or a class
-            # A replica is busy for a conversation's next turn when all its decoding slots are taken.
-            request_router_kwargs={"busy_at": settings.parallel} if routing == "prefix" else {},
+            # A conversation's replica is busy when it takes no more requests: a turn that waits there
+            # for a slot reuses its prefix, one sent elsewhere computes it again.
+            request_router_kwargs=(
+                {"busy_at": capacity, "slots": settings.parallel} if routing == "prefix" else {}
+            ),
         ),
         **scaling.deployment_options(),
     )(engine_class)

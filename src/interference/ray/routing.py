@@ -1,11 +1,13 @@
 """Ray Serve request routers for the engine deployment.
 
 ``PrefixAffinityRouter`` sends each turn of a conversation to the engine replica that already holds
-its prompt prefix (in its slots' KV or its prompt cache), so the prefix is not computed again. When
-that replica is busy (``busy_at`` requests or more in flight) the request goes to the least-loaded
-replica instead, which then holds the conversation. Ray Serve builds one router per deployment
-handle, so each ingress replica keeps its own table; a new conversation's first replica is chosen
-by rendezvous hashing, the same in every ingress replica.
+its prompt prefix (in its slots' KV or its prompt cache), so the prefix is not computed again; only
+when that replica takes no more requests (``busy_at`` in flight) does the turn go to the least-loaded
+replica, which then holds the conversation. A conversation the router has not seen goes to the
+replica that rendezvous hashing gives it (the same in every ingress replica) if that one has a free
+decoding slot (fewer than ``slots`` in flight), else to the least loaded: nothing is cached for it
+anywhere, so waiting would gain nothing. Ray Serve builds one router per deployment handle, so each
+ingress replica keeps its own table.
 
 The deployment names the class in its ``request_router_config``; ``ROUTERS`` maps the names that
 ``--routing`` takes to import paths.
@@ -21,7 +23,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 from .affinity import AffinityTable, home, prefix_hashes
 
-__all__ = ["DEFAULT_BUSY_AT", "DEFAULT_TABLE_SIZE", "ROUTERS", "PrefixAffinityRouter"]
+__all__ = ["DEFAULT_BUSY_AT", "DEFAULT_SLOTS", "DEFAULT_TABLE_SIZE", "ROUTERS", "PrefixAffinityRouter"]
 
 logger = logging.getLogger("interference")
 
@@ -31,8 +33,9 @@ ROUTERS = {
 }
 # Prefix hashes one router remembers (about 100 bytes each); the least recently used go first.
 DEFAULT_TABLE_SIZE = 100_000
-# Requests in flight at which a conversation's replica counts as busy.
+# Requests in flight at which a conversation's replica counts as busy, and a replica's decoding slots.
 DEFAULT_BUSY_AT = 4
+DEFAULT_SLOTS = 2
 # Chains of requests being routed, kept from choosing a replica to recording it (bounded as well).
 _PENDING_CHAINS = 4096
 
@@ -42,6 +45,7 @@ class PrefixAffinityRouter(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         self._busy_at = int(kwargs.get("busy_at", DEFAULT_BUSY_AT))
+        self._slots = int(kwargs.get("slots", DEFAULT_SLOTS))
         self._table: AffinityTable[ReplicaID] = AffinityTable(
             int(kwargs.get("table_size", DEFAULT_TABLE_SIZE))
         )
@@ -81,9 +85,12 @@ class PrefixAffinityRouter(RequestRouter):
             return [candidate_replicas]
         by_id = {r.replica_id: r for r in candidate_replicas}
         held = self._table.lookup(chain, by_id)
-        first = by_id[held] if held is not None else home(chain[opening], candidate_replicas, _replica_name)
+        if held is not None:
+            first, limit = by_id[held], self._busy_at
+        else:
+            first, limit = home(chain[opening], candidate_replicas, _replica_name), self._slots
         queue_len = await self._queue_len(first)
-        if queue_len is not None and queue_len < self._busy_at:
+        if queue_len is not None and queue_len < limit:
             return [[first], candidate_replicas]
         # Busy or not answering: the least loaded of all (Ray Serve picks the shortest queue).
         return [candidate_replicas]
