@@ -17,8 +17,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -112,8 +114,9 @@ def main() -> None:
             results[routing] = run_workload(url, args.conversations, args.turns, args.concurrency)
             serve.delete("bench")
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's shutdown notices: stdout is the JSON
+            serve.shutdown()
+            ray.shutdown()
     prefix, pow2 = results["prefix"], results["pow2"]
     print(
         json.dumps(

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -242,8 +244,9 @@ def main() -> None:
         if not args.skip_real:
             result["real_model"] = real_model_part(args, port)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's shutdown notices: stdout is the JSON
+            serve.shutdown()
+            ray.shutdown()
     print(json.dumps(result, indent=2))
 
 
