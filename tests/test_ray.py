@@ -7,9 +7,12 @@ server's tests.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+from test_keys import add_key, fresh_window
+from test_keys_redis import redis_url  # noqa: F401  (a fixture)
 from test_seed_client import SCRIPT, _legacy_python, _port_1337_taken
 
 from conftest import free_port
@@ -25,6 +30,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 serve = pytest.importorskip("ray.serve")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
+from interference.keys.ledger import summarize  # noqa: E402
 from interference.ray.app import Scaling, build_app  # noqa: E402
 from interference.settings import Settings  # noqa: E402
 
@@ -33,13 +39,26 @@ ENGINE = "Engine"
 
 
 class RayServer:
-    def __init__(self, port: int) -> None:
+    """The cluster's Ray Serve proxy, and which configuration of the application it serves now."""
+
+    def __init__(self, port: int, tmp: Path) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.tmp = tmp
+        self.deployed: str | None = None
+
+    def deploy(self, name: str, app: Any) -> None:
+        """Serve ``app`` as the application at / (replacing another configuration) unless it is there."""
+        if self.deployed != name:
+            if self.deployed is not None:
+                serve.delete(APP)
+            self.deployed = None
+            serve.run(app, name=APP, route_prefix="/")
+            self.deployed = name
 
 
-def _replicas(state: str = "RUNNING") -> int:
-    status = serve.status().applications[APP].deployments[ENGINE]
+def _replicas(state: str = "RUNNING", deployment: str = ENGINE) -> int:
+    status = serve.status().applications[APP].deployments[deployment]
     return int(status.replica_states.get(state, 0))
 
 
@@ -52,24 +71,41 @@ def _wait(predicate: Any, timeout: float) -> bool:
     return False
 
 
+# Autoscaling figures reach the controller every second instead of every 10 (read when Ray starts).
+_FAST_METRICS = {
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+}
+
+
 @pytest.fixture(scope="module")
-def ray_server() -> Iterator[RayServer]:
-    cluster = cluster_utils.Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServer]:
+    """Two nodes of one CPU each, Ray Serve's proxy on 1337 (or a free port); no application yet."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in _FAST_METRICS.items():
+            env.setenv(name, value)
+        cluster = cluster_utils.Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
     port = 1337 if not _port_1337_taken() else free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = Settings(threads=1, parallel=2, keys_file=None)
-        serve.run(build_app(settings, Scaling(replicas=2)), name=APP, route_prefix="/")
-        yield RayServer(port)
+        yield RayServer(port, tmp_path_factory.mktemp("ray"))
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture()
+def ray_server(ray_cluster: RayServer) -> RayServer:
+    """Two engine replicas of the embedded model, one per node, routed by prompt prefix."""
+    settings = Settings(threads=1, parallel=2, keys_file=None, usage_db=str(ray_cluster.tmp / "usage.db"))
+    ray_cluster.deploy("two-replicas", build_app(settings, Scaling(replicas=2)))
+    return ray_cluster
 
 
 @pytest.fixture()
@@ -199,3 +235,110 @@ def test_killed_replicas_cut_their_streams_and_come_back(ray_server: RayServer) 
         timeout=120,
     )
     assert r.status_code == 200, r.text
+
+
+def _chat(url: str, messages: list[dict[str, str]], *, key: str = "sk-local") -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "gpt-4o", "messages": messages, "max_tokens": 6, "temperature": 0},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
+
+
+def test_turns_of_a_conversation_stay_on_the_replica_that_holds_it(ray_server: RayServer) -> None:
+    """4 conversations x 3 turns, interleaved: every later turn finds its whole history cached.
+
+    Each conversation opens differently; the template's common head would be cached anywhere, so a
+    turn counts only when its cached tokens cover the previous turn's whole prompt: the replica it
+    went to is the one that served that turn. Power-of-two choices would miss about half."""
+    histories = [
+        [{"role": "user", "content": f"Conversation {i} about {topic}: name three facts about {topic}."}]
+        for i, topic in enumerate(["rivers", "violins", "comets", "orchards"])
+    ]
+    previous = [0] * len(histories)
+    for turn in range(3):
+        for i, history in enumerate(histories):
+            r = _chat(ray_server.url, history)
+            assert r.status_code == 200, r.text
+            usage = r.json()["usage"]
+            if turn > 0:
+                assert usage["prompt_tokens_details"]["cached_tokens"] >= previous[i], (turn, i, usage)
+            previous[i] = usage["prompt_tokens"]
+            history.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+            history.append({"role": "user", "content": f"And then? ({turn})"})
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
+def test_two_ingress_replicas_share_limits_and_one_ledger(
+    ray_cluster: RayServer,
+    redis_url: str,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """A key of 4 requests a minute gets exactly 4 answers through two ingress replicas, and the one
+    ledger holds every request with the usage its client was told."""
+    keys_file = tmp_path / "keys.toml"
+    key = add_key(keys_file, "shared", "--rpm", "4")
+    usage_db = tmp_path / "usage.db"
+    settings = Settings(
+        threads=1,
+        parallel=2,
+        keys_file=str(keys_file),
+        limits_backend=redis_url,
+        usage_db=str(usage_db),
+        embeddings=False,
+    )
+    # Engine replicas reserve no CPU here: the cluster's two are the other configuration's to keep.
+    ray_cluster.deploy(
+        "two-ingresses", build_app(settings, Scaling(replicas=1, ingress_replicas=2), engine_num_cpus=0)
+    )
+    assert _replicas(deployment="Ingress") == 2
+    fresh_window()
+    replies = [_chat(ray_cluster.url, [{"role": "user", "content": f"hi {i}"}], key=key) for i in range(10)]
+    assert sorted(r.status_code for r in replies) == [200] * 4 + [429] * 6, [r.text for r in replies]
+    told = [r.json()["usage"] for r in replies if r.status_code == 200]
+
+    def totals() -> dict[str, Any] | None:
+        rows = summarize(usage_db, group_by="key") if usage_db.exists() else []
+        return rows[0] if rows and rows[0]["requests"] == 10 else None
+
+    assert _wait(lambda: totals() is not None, 30), summarize(usage_db) if usage_db.exists() else None
+    row = totals()
+    assert row is not None and row["key"] == "shared" and row["errors"] == 6
+    assert row["prompt_tokens"] == sum(u["prompt_tokens"] for u in told)
+    assert row["completion_tokens"] == sum(u["completion_tokens"] for u in told)
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_cluster: RayServer) -> None:
+    settings = Settings(threads=1, parallel=2, keys_file=None, usage_db=str(ray_cluster.tmp / "usage.db"))
+    scaling = Scaling(
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=1,
+        downscale_delay_s=2,
+        look_back_period_s=12,  # above the deprecated metrics_interval_s (10), or Ray warns
+    )
+    ray_cluster.deploy("autoscaling", build_app(settings, scaling, engine_num_cpus=0))
+    assert _replicas() == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        body = [{"role": "user", "content": "write a long story about the sea"}]
+        while not stop.is_set():
+            r = httpx.post(
+                f"{ray_cluster.url}/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": body, "max_tokens": 48},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(load) for _ in range(4)]
+        try:
+            assert _wait(lambda: _replicas() == 2, 90), serve.status()
+        finally:
+            stop.set()
+        for each in running:
+            each.result()
+    assert _wait(lambda: _replicas() == 1 and _replicas("STOPPING") == 0, 90), serve.status()

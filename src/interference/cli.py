@@ -100,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--replicas", type=int, default=1, metavar="N", help="engine replicas (default: 1)")
     scale.add_argument("--min-replicas", type=int, metavar="N", help="autoscale engine replicas from N")
     scale.add_argument("--max-replicas", type=int, metavar="N", help="autoscale engine replicas up to N")
+    scale.add_argument(
+        "--ingress-replicas", type=int, default=1, metavar="N", help="HTTP ingress replicas (default: 1)"
+    )
+    scale.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=2,
+        metavar="N",
+        help="requests one engine replica takes at once per decoding slot (default: 2)",
+    )
+    scale.add_argument(
+        "--routing",
+        choices=["prefix", "pow2"],
+        default="prefix",
+        help="engine replica choice: prefix (a conversation stays on its replica; default) or pow2",
+    )
 
     keys = sub.add_parser("keys", help="manage the keys file")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -265,8 +281,14 @@ def _serve_ray(settings: Settings, args: argparse.Namespace) -> int:
         from .ray.run import run
     except ImportError as exc:
         return _fail(f"--ray needs the ray extra (pip install 'interference[ray]'): {exc}")
-    scaling = Scaling(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
-    return run(settings, args.ray, scaling)
+    scaling = Scaling(
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        ingress_replicas=args.ingress_replicas,
+        requests_per_slot=args.requests_per_slot,
+    )
+    return run(settings, args.ray, scaling, routing=args.routing)
 
 
 def _models(args: argparse.Namespace) -> int:

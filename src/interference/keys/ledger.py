@@ -5,7 +5,8 @@ the entry is dropped and counted (``dropped``), so a slow disk never stalls serv
 seconds the writer thread commits what has queued up, ``BATCH`` entries a transaction, with
 ``synchronous=NORMAL`` (WAL: a power cut may lose the last batches, never the file). A commit per
 request, and a thread wake-up per request, cost more CPU than proxying the request. ``flush`` waits
-for what is queued, so a report read after it includes every request that ended before it.
+for what is queued, so a report read after it includes every request that ended before it. Several
+processes that serve one application can hand their batches to a single writer instead (``send_to``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any, Literal
 __all__ = ["GROUPS", "Ledger", "LedgerEntry", "default_usage_db", "summarize"]
 
 logger = logging.getLogger(__name__)
+
+Sink = Callable[[list["LedgerEntry"]], None]
 
 QUEUE_BOUND = 10_000
 BATCH = 256
@@ -90,13 +94,21 @@ class Ledger:
         self._done = threading.Condition()
         self._queued = 0  # entries queued, and those written (or given up on)
         self._written = 0
+        self._sink: Sink | None = None
+
+    def send_to(self, sink: Sink) -> None:
+        """Hand each batch to ``sink`` (one writer for several processes) instead of writing ``path``.
+
+        Call it before ``start``. A batch the sink fails on is logged and lost, like a failed write."""
+        self._sink = sink
 
     @property
     def is_running(self) -> bool:
         return self._thread is not None
 
     def start(self) -> None:
-        connect(self.path).close()  # fail at start-up, not on the first request
+        if self._sink is None:
+            connect(self.path).close()  # fail at start-up, not on the first request
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
         self._thread.start()
@@ -127,26 +139,37 @@ class Ledger:
                 self._done.notify_all()
 
     def _run(self) -> None:
-        conn = connect(self.path)
+        conn = connect(self.path) if self._sink is None else None
         try:
             while True:
                 stopping = self._stop.wait(LINGER)
                 while self._pending:
                     batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
-                    try:
-                        with conn:
-                            conn.executemany(
-                                "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(e) for e in batch]
-                            )
-                    except sqlite3.Error:
-                        logger.exception("usage ledger: could not write %d entries", len(batch))
+                    self._write(conn, batch)
                     with self._done:
                         self._written += len(batch)
                         self._done.notify_all()
                 if stopping:
                     return
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _write(self, conn: sqlite3.Connection | None, batch: list[LedgerEntry]) -> None:
+        if conn is None:
+            assert self._sink is not None
+            try:
+                self._sink(batch)
+            except Exception:
+                logger.exception("usage ledger: could not hand over %d entries", len(batch))
+            return
+        try:
+            with conn:
+                conn.executemany(
+                    "INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(e) for e in batch]
+                )
+        except sqlite3.Error:
+            logger.exception("usage ledger: could not write %d entries", len(batch))
 
 
 def now_iso() -> str:
