@@ -62,6 +62,33 @@ def test_two_replicas_share_one_rpm(redis_url: str, tmp_path: Path) -> None:
         assert statuses[:4] == [200] * 4  # admitted in order, whichever replica was asked
 
 
+def test_two_replicas_share_one_max_concurrent(redis_url: str, tmp_path: Path) -> None:
+    """A stream held open on one replica takes the key's only slot on the other too."""
+    keys_file = tmp_path / "keys.toml"
+    key = add_key(keys_file, "single", "--max-concurrent", "1")
+    common = ("--keys-file", str(keys_file), "--limits-backend", redis_url, "--no-embeddings", "-np", "2")
+    with (
+        running_server(*common, "--usage-db", str(tmp_path / "a.db"), tmp=tmp_path) as a,
+        running_server(*common, "--usage-db", str(tmp_path / "b.db"), tmp=tmp_path) as b,
+    ):
+        headers = {"Authorization": f"Bearer {key}"}
+        # End-of-text banned: the stream runs its 2000 tokens, long after the request on b.
+        long = {**BODY, "max_tokens": 2000, "stream": True, "logit_bias": {"0": -100, "1": -100, "2": -100}}
+        url = f"{a.url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=long, headers=headers, timeout=120) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # kept: a dropped iterator would close the stream
+            next(lines)  # the stream is under way: its lease is held
+            refused = _post(b.url, key)
+            assert refused.status_code == 429, refused.text
+            assert "max_concurrent 1" in refused.json()["error"]["message"]
+        deadline = time.monotonic() + 30
+        while (status := _post(b.url, key).status_code) == 429:
+            assert time.monotonic() < deadline, "the lease was never given back"
+            time.sleep(0.2)
+        assert status == 200
+
+
 def test_unreachable_redis_fails_closed_for_limited_keys_only(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.toml"
     limited = add_key(keys_file, "limited", "--rpm", "100")

@@ -30,7 +30,7 @@ from ..errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from ..keys import Concurrency, KeySpec, KeyTable, Ledger, LedgerEntry, Limits, Ticket, hash_key
+from ..keys import KeySpec, KeyTable, Ledger, LedgerEntry, Limits, Ticket, hash_key
 from ..keys.ledger import now_iso
 from ..keys.limits import LimitExceeded
 from .auth import is_public, presented_key
@@ -173,7 +173,6 @@ class AccessMiddleware:
         self._limits = limits
         self._ledger = ledger
         self._canonical_of = canonical
-        self._concurrency = Concurrency()
 
     @property
     def _auth_on(self) -> bool:
@@ -205,7 +204,7 @@ class AccessMiddleware:
         caller: Caller | None = Caller()
         model: str | None = None
         ticket: Ticket | None = None
-        held: str | None = None
+        held: tuple[str, object] | None = None
         try:
             if self._auth_on:
                 key = presented_key(scope)
@@ -235,8 +234,7 @@ class AccessMiddleware:
                 receive = _replay(messages, receive)
                 if path in GENERATING:
                     try:
-                        self._concurrency.acquire(spec.name, spec.max_concurrent)
-                        held = spec.name
+                        held = (spec.name, await self._limits.hold(spec.name, spec.max_concurrent))
                         if spec.is_limited:
                             ticket = await self._limits.admit(
                                 spec.name, rpm=spec.rpm, tpm=spec.tpm, reserve=reserve
@@ -261,7 +259,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             if held is not None:
-                self._concurrency.release(held)
+                await self._limits.release(*held)
             record = state.get("interference_request")
             usage = record.usage if isinstance(record, RequestRecord) else None
             if self._ledger is not None:

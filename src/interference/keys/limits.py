@@ -3,15 +3,21 @@
 A window is a clock minute (``floor(unix_time / 60)``; in Redis, by Redis's own clock, so replicas
 agree). Admission is atomic: it checks ``requests + 1 <= rpm`` and ``tokens + reserve <= tpm`` and
 counts both only when both hold. ``settle`` then corrects the admission window's tokens by
-``actual - reserved`` (and gives everything back for a refused request). ``max_concurrent`` is counted
-by each replica for itself (``Concurrency``), since a held stream belongs to one process.
+``actual - reserved`` (and gives everything back for a refused request).
+
+``max_concurrent`` is held by the same backend: in-process a count per key (``Concurrency``); in
+Redis a lease per request in a sorted set per key, so replicas share it. A lease lasts ``LEASE``
+seconds and the replica that holds it renews it every ``LEASE / 4`` while the request runs, so the
+leases of a replica that dies free themselves within ``LEASE`` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = [
+    "LEASE",
     "WINDOW",
     "Concurrency",
     "InProcessLimits",
@@ -71,6 +78,14 @@ class Ticket:
 
 
 class Limits(Protocol):
+    async def hold(self, name: str, limit: int | None) -> object:
+        """Count one request in flight for ``name``, or raise ``RateLimited`` at ``limit``."""
+        ...
+
+    async def release(self, name: str, held: object) -> None:
+        """End what ``hold`` returned."""
+        ...
+
     async def admit(self, name: str, *, rpm: int | None, tpm: int | None, reserve: int) -> Ticket:
         """Count one request and reserve tokens, or raise ``RateLimited``/``LimitsUnavailable``."""
         ...
@@ -125,6 +140,14 @@ class InProcessLimits:
 
     clock: Callable[[], float] = time.time
     _windows: dict[str, _Window] = field(default_factory=dict)
+    _held: Concurrency = field(default_factory=lambda: Concurrency())
+
+    async def hold(self, name: str, limit: int | None) -> object:
+        self._held.acquire(name, limit)
+        return name
+
+    async def release(self, name: str, held: object) -> None:
+        self._held.release(name)
 
     async def admit(self, name: str, *, rpm: int | None, tpm: int | None, reserve: int) -> Ticket:
         now = self.clock()
@@ -190,6 +213,35 @@ return 1
 """
 
 
+# KEYS[1]: the key's lease set. ARGV: lease id, limit (0: none), lease seconds. Drops expired leases.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+local limit = tonumber(ARGV[2])
+if limit > 0 and held >= limit then
+  return {0, held}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) * 2)
+return {1, held + 1}
+"""
+
+# KEYS: lease sets; ARGV: lease seconds, then one lease id per key. Renews the leases still held.
+_RENEW = """
+local t = redis.call('TIME')
+local until_ = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', until_, ARGV[i + 1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) * 2)
+end
+return 1
+"""
+
+LEASE = 120.0  # seconds a request's max_concurrent lease lasts between renewals (Redis backend)
+
+
 class RedisLimits:
     """Counters in Redis, shared by every replica that points at it; each update is one Lua script."""
 
@@ -199,8 +251,57 @@ class RedisLimits:
         self._redis: Redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
+        self._hold = self._redis.register_script(_HOLD)
+        self._renew = self._redis.register_script(_RENEW)
         self._fail_open = fail_open
         self._prefix = prefix
+        self._leases: dict[str, str] = {}  # lease id -> its set, while the request runs
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def hold(self, name: str, limit: int | None) -> object:
+        from redis.exceptions import RedisError
+
+        if limit is None:
+            return None  # nothing to share: the lease set only matters against a limit
+        lease, key = uuid.uuid4().hex, f"{self._key(name)}:held"
+        try:
+            ok, held = await self._hold(keys=[key], args=[lease, limit, LEASE])
+        except (RedisError, OSError) as exc:
+            if self._fail_open:
+                return None
+            raise LimitsUnavailable(
+                "The rate-limit store cannot be reached, so limited keys are refused for now."
+            ) from exc
+        if not ok:
+            raise RateLimited(
+                f"Key '{name}' already has {int(held)} requests in flight (max_concurrent {limit}).",
+                retry_after=1,
+            )
+        self._leases[lease] = key
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+        return lease
+
+    async def release(self, name: str, held: object) -> None:
+        from redis.exceptions import RedisError
+
+        if not isinstance(held, str) or self._leases.pop(held, None) is None:
+            return
+        # If this fails the lease expires by itself within LEASE seconds.
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.zrem(f"{self._key(name)}:held", held)
+
+    async def _renew_leases(self) -> None:
+        from redis.exceptions import RedisError
+
+        while self._leases:
+            await asyncio.sleep(LEASE / 4)
+            leases = list(self._leases.items())
+            if leases:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._renew(
+                        keys=[k for _, k in leases], args=[LEASE, *(lease for lease, _ in leases)]
+                    )
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:{name}"
@@ -234,6 +335,8 @@ class RedisLimits:
             await self._settle(keys=[self._key(ticket.name)], args=[ticket.window, delta_r, delta_t])
 
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         await self._redis.aclose()
 
 
