@@ -120,6 +120,23 @@ class EngineOptions(_Frozen):
             "0: off (default: 2048)",
         ),
     ] = 2048  # fmt: skip
+    # The prompt cache's disk tier (engine/disk_cache.py): states survive restarts.
+    cache_disk: Annotated[
+        str | None,
+        flag(
+            "--cache-disk", metavar="DIR",
+            help="directory for saved prompt KV that survives restarts (written in the background, "
+            "checked against the model and KV settings before reuse; default: off)",
+        ),
+    ] = None  # fmt: skip
+    cache_disk_max: Annotated[
+        int,
+        Field(ge=0),
+        flag(
+            "--cache-disk-max", metavar="MIB",
+            help="most MiB the disk tier holds per model, least recently used go first (default: 20480)",
+        ),
+    ] = 20480  # fmt: skip
     request_timeout: Annotated[
         float,
         Field(gt=0),

@@ -9,6 +9,7 @@ thread is its only user once serving starts.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -
     return list(out[:n])
 
 
+def _bindings_version() -> str:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def physical_cores() -> int:
     """A good thread count for llama.cpp: physical cores, not hyper-threads."""
     try:
@@ -143,6 +151,16 @@ class LlamaRuntime:
             C.llama_model_free(self._model)
             raise ModelLoadError(f"could not create a context of {n_ctx} tokens for {self.path}")
         self._mem = C.llama_get_memory(self._ctx)
+        # What a saved sequence state depends on besides the model file (the disk cache checks it).
+        self.kv_settings: dict[str, int | str] = {
+            "n_ctx": int(C.llama_n_ctx(self._ctx)),
+            "n_seq": n_seq,
+            "type_k": int(cparams.type_k),
+            "type_v": int(cparams.type_v),
+            "flash_attn": int(cparams.flash_attn_type),
+            "kv_unified": 1,
+            "llama_cpp": _bindings_version(),
+        }
         self.n_ctx = int(C.llama_n_ctx(self._ctx))
         self.n_seq = int(C.llama_n_seq_max(self._ctx))
         # The longest one sequence may be: the whole pool, never more than the model was trained on.

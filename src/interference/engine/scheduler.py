@@ -17,6 +17,7 @@ import time
 from ._llama import LlamaRuntime
 from .cache_pool import PromptCachePool
 from .detok import StopMatcher
+from .disk_cache import DiskCache
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from .kv_pool import KvPool
 from .placement import Placement
@@ -46,8 +47,10 @@ class Scheduler:
         request_timeout: float,
         cache_bytes: int = 0,
         cache_pool: PromptCachePool | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self._rt = runtime
+        self._disk = disk
         self._slots = [Slot(seq=i) for i in range(n_slots)]
         self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
         self._timeout = request_timeout
@@ -59,7 +62,7 @@ class Scheduler:
         self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
         self._placement = Placement(
-            runtime, self._slots, self.stats, cache_bytes=cache_bytes, cache_pool=cache_pool
+            runtime, self._slots, self.stats, cache_bytes=cache_bytes, cache_pool=cache_pool, disk=disk
         )
         self._pool = KvPool(runtime.n_ctx, self._slots, self._placement)
 
@@ -131,7 +134,10 @@ class Scheduler:
             self._thread.join(timeout=timeout)
         for handle in self._waiting.drain():
             handle.push(EngineOutput(error="the server is shutting down"))
-        return self._thread is None or not self._thread.is_alive()
+        stopped = self._thread is None or not self._thread.is_alive()
+        if self._disk is not None and not self._disk.close(timeout=timeout):
+            logger.warning("the prompt cache's disk writer did not finish in time; a partial file is dropped")
+        return stopped
 
     # ------------------------------------------------------------------ worker thread
 
@@ -177,9 +183,28 @@ class Scheduler:
                 busy = False
             if not busy:
                 self._flush()
+                if self._persist_idle():
+                    continue  # one slot saved: look for new work before saving the next
                 self._waiting.wait(timeout=1.0)
         self._fail_all("the server is shutting down")
         self._flush()
+        if self._disk is not None:  # what the slots and the host-RAM cache hold outlives the process
+            while self._placement.persist_one(ram=False):
+                pass
+            self._placement.persist_cache()
+
+    def _persist_idle(self) -> bool:
+        """Nothing to decode: save one idle slot to the cache tiers (True when one was saved)."""
+        try:
+            saved = self._placement.persist_one()
+        except Exception:
+            logger.exception("saving an idle slot to the prompt cache failed")
+            saved = False
+        if self._disk is not None:
+            stats, disk = self.stats, self._disk
+            stats.cache_disk_writes, stats.cache_disk_bytes = disk.writes, disk.bytes_held
+            stats.cache_disk_entries = len(disk)
+        return saved
 
     def _emit(self, handle: RequestHandle, output: EngineOutput) -> None:
         """Queue an output; ``_flush`` hands a whole step's outputs to the event loop in one wake-up
@@ -268,6 +293,7 @@ class Scheduler:
             return
         slot.job = None
         slot.last_used = time.monotonic()
+        slot.persisted = False
         job.sampler.free()
         # Choices waiting for this one's prompt: the first prefills it now, the others wait for that one.
         followers = [s.job for s in self._slots if s.job is not None and s.job.leader is job]

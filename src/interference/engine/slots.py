@@ -48,6 +48,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # mirror of what the sequence holds in KV
     last_used: float = 0.0
     job: Job | None = None
+    persisted: bool = True  # False while the cache tiers may lack what ``tokens`` holds (set on release)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,10 @@ class EngineStats:
     service_seconds: float | None = None  # running average, admission to finish, of recent requests
     # The host-RAM prompt cache: a hit restores a saved sequence, a miss is an admission restoring none.
     cache_hits: int = 0
+    cache_disk_hits: int = 0  # hits restored from the disk tier (counted in cache_hits too)
+    cache_disk_writes: int = 0
+    cache_disk_bytes: int = 0
+    cache_disk_entries: int = 0
     cache_misses: int = 0
     cache_restored_tokens: int = 0
     cache_saves: int = 0
