@@ -146,12 +146,27 @@ class Placement:
                 return True
         return False
 
-    def persist_cache(self) -> None:
-        """Hand the host-RAM entries the disk tier lacks to its writer (at shutdown: nothing reuses
-        their buffers any more)."""
-        if self.cache is None or self.disk is None:
+    def persist_idle(self) -> bool:
+        """The engine has nothing to decode: save one idle slot (``persist_one``), never failing."""
+        try:
+            saved = self.persist_one()
+        except Exception:
+            logger.exception("saving an idle slot to the prompt cache failed")
+            saved = False
+        if self.disk is not None:
+            stats, disk = self.stats, self.disk
+            stats.cache_disk_writes, stats.cache_disk_bytes = disk.writes, disk.bytes_held
+            stats.cache_disk_entries = len(disk)
+        return saved
+
+    def persist_all(self) -> None:
+        """At shutdown: hand every idle slot and host-RAM entry the disk tier lacks to its writer
+        (nothing reuses the entries' buffers any more)."""
+        if self.disk is None:
             return
-        for entry in reversed(self.cache.entries()):  # the most recently used first
+        while self.persist_one(ram=False):
+            pass
+        for entry in reversed(self.cache.entries() if self.cache is not None else []):  # newest first
             if not self.disk.covers(entry.tokens) and self.disk.has_room(entry.length):
                 self.disk.submit(entry.tokens, entry.state, entry.length)
 
