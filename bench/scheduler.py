@@ -245,7 +245,7 @@ def after_restart(
     try:
         stream(client, srv, chat("Warm up.", "Hi"), 4)  # the model is loaded
         restored = stream(client, srv, chat(preamble, "Second session: begin."), 8)
-        cold = stream(client, srv, chat(f"Cold {rep}. " + preamble[::-1], "Second session: begin."), 8)
+        cold = stream(client, srv, chat(f"Cold {rep}. " + preamble, "Second session: begin."), 8)
     finally:
         stop_server(srv)
     return {
@@ -253,6 +253,24 @@ def after_restart(
         "cold_ttft_s": cold.ttft,
         "restored_over_cold": ratio(restored.ttft, cold.ttft),
     }
+
+
+CACHE_METRICS = ("prompt_cache_seconds_total", "prompt_cache_pause_max_seconds", "prompt_cache_hits_total")
+
+
+def cache_metrics(srv: Server) -> dict[str, float]:
+    """Our prompt cache's time on the scheduler thread: in all, and the longest one admission waited."""
+    text = httpx.get(f"{srv.base_url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in (
+            "prompt_cache_seconds_total",
+            "prompt_cache_pause_max_seconds",
+            "prompt_cache_hits_total",
+        ):
+            if line.startswith(f"interference_engine_{name}"):
+                out[name] = out.get(name, 0.0) + float(line.rpartition(" ")[2])
+    return out
 
 
 # ------------------------------------------------------------------ driver
@@ -263,7 +281,7 @@ SIZES = {
         "agent_prompt": 5000, "restart_prompt": 5000,
     },
     "quick": {
-        "conversations": 8, "storm": 12, "tokens": 64, "sessions": 2, "turns": 3,
+        "conversations": 12, "storm": 12, "tokens": 64, "sessions": 2, "turns": 3,
         "agent_prompt": 1500, "restart_prompt": 2000,
     },
 }  # fmt: skip
@@ -338,6 +356,7 @@ def main() -> None:
                     stream(client, servers[0], chat("Warm up.", "Hi"), 4)
                     stream(client, servers[1], chat("Warm up.", "Hi"), 4)
                     rows.append(shared[workload](client, servers, size, rep))
+                    rows[-1]["interference"].update(cache_metrics(servers[0]))
                 finally:
                     for srv in servers:
                         stop_server(srv)
