@@ -315,6 +315,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--interference-args", default="", help="extra flags for interference serve")
+    p.add_argument("--no-cache-disk", action="store_true", help="run interference without --cache-disk")
     p.add_argument("--llama-server", help="path to llama-server (default: the cached build)")
     return p.parse_args()
 
@@ -332,7 +333,14 @@ def main() -> None:
     binary = llama_server_binary(args.llama_server)
     theirs = ["-t", t, "-tb", t, "-c", str(2048 * args.parallel), "-np", np_, "--kv-unified"]
     specs = {
-        "interference": (interference_cmd(None, (p := free_port()), [*ours, "--cache-disk", str(disk)]), p),
+        "interference": (
+            interference_cmd(
+                None,
+                (p := free_port()),
+                [*ours, *([] if args.no_cache_disk else ["--cache-disk", str(disk)])],
+            ),
+            p,
+        ),
         "llama-server": (llama_server_cmd(binary, gguf, (q := free_port()), theirs), q),
     }
     shared = {
