@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from conftest import RunningServer, running_server
+from interference.config import load_settings
 from interference.engine.disk_cache import DiskCache, fingerprint
 
 # ------------------------------------------------------------------ the file store
@@ -108,6 +109,18 @@ def test_fingerprint_follows_the_model_file_and_settings(tmp_path: Path) -> None
     assert base != fingerprint(model, {"n_ctx": 4096, "type_k": 8})
     model.write_bytes(b"GGUF" + bytes(17))
     assert base != fingerprint(model, {"n_ctx": 4096, "type_k": 1})
+
+
+def test_settings_come_from_flags_env_and_toml(tmp_path: Path) -> None:
+    assert load_settings(env={}).cache_disk is None and load_settings(env={}).cache_disk_max == 20480
+    toml = tmp_path / "c.toml"
+    toml.write_text('cache_disk = "/srv/kv"\ncache_disk_max = 100\n')
+    from_file = load_settings(env={}, config_file=toml)
+    assert (from_file.cache_disk, from_file.cache_disk_max) == ("/srv/kv", 100)
+    env = {"INTERFERENCE_CACHE_DISK": "/env/kv", "INTERFERENCE_CACHE_DISK_MAX": "5"}
+    from_env = load_settings(env=env, config_file=toml)
+    assert (from_env.cache_disk, from_env.cache_disk_max) == ("/env/kv", 5)
+    assert load_settings({"cache_disk": "/cli/kv"}, env=env).engine_options.cache_disk == "/cli/kv"
 
 
 # ------------------------------------------------------------------ a restarted server
