@@ -90,7 +90,7 @@ def test_the_byte_bound_evicts_least_recently_used(tmp_path: Path) -> None:
     assert cache.close()
     assert cache.bytes_held <= 1000 and len(cache) == 2 and cache.evictions == 1
     assert cache.best((1,)) == (None, 0)  # the oldest went
-    assert not cache.has_room(1001)
+    assert not cache.has_room(1001) and not cache.fits(1001) and cache.fits(1000)
 
     again = DiskCache(tmp_path, key="k", max_bytes=1000)
     entry, _ = again.best((2,))

@@ -190,6 +190,10 @@ class DiskCache:
 
     # ------------------------------------------------------------------ writes
 
+    def fits(self, length: int) -> bool:
+        """Whether a state of ``length`` bytes could ever be written (within both bounds)."""
+        return length <= self.max_bytes and length <= self.max_pending
+
     def has_room(self, length: int) -> bool:
         """Whether a state of ``length`` bytes may be queued now."""
         with self._lock:

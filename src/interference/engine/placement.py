@@ -125,15 +125,17 @@ class Placement:
         writer is busy. For the scheduler's idle time: a slot saved now is not saved later, on the path
         of the request that overwrites it."""
         for slot in sorted(self.slots, key=lambda s: s.last_used, reverse=True):
-            if slot.job is not None or slot.persisted:
-                continue
-            if len(slot.tokens) < MIN_SAVE_TOKENS or slot.seq in self.pending_copy:
+            if slot.job is not None or slot.persisted or slot.seq in self.pending_copy:
+                continue  # (a pending copy is settled by the next decode)
+            if len(slot.tokens) < MIN_SAVE_TOKENS:
                 slot.persisted = True
                 continue
             disk = self.disk
             if disk is not None and not disk.covers(slot.tokens):
                 size = self._rt.state_size(slot.seq)
-                if not disk.has_room(size):
+                if not disk.fits(size):
+                    disk = None  # larger than the disk tier's bounds: host RAM only
+                elif not disk.has_room(size):
                     return False  # the writer is behind: this slot waits for the next idle moment
             slot.persisted = True
             did = ram and self.save(slot, keep=0)
