@@ -25,8 +25,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -348,7 +350,8 @@ def main() -> None:
         "c1_decode": c1_decode,
     }  # fmt: skip
     results: dict[str, Any] = {}
-    with httpx.Client(timeout=900.0) as client:
+    with httpx.Client(timeout=900.0) as client, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, disk, ignore_errors=True)
         for workload in only:
             rows: list[dict[str, Any]] = []
             for rep in range(reps):
