@@ -117,6 +117,8 @@ class LlamaRuntime:
         n_threads: int,
         cache_type: str = "f16",
         repack: bool,
+        n_ubatch: int = 512,
+        flash_attn: bool | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -135,7 +137,7 @@ class LlamaRuntime:
         cparams = C.llama_context_default_params()
         cparams.n_ctx = pool
         cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_ubatch = min(n_batch, n_ubatch)
         cparams.n_seq_max = n_seq
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
@@ -146,6 +148,10 @@ class LlamaRuntime:
             # attention to read a quantized V cache.
             cparams.type_k = cparams.type_v = _GGML_TYPES[cache_type]
             cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        elif flash_attn is not None:  # None: llama.cpp decides (auto)
+            cparams.flash_attn_type = (
+                C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)
