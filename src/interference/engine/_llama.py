@@ -9,6 +9,7 @@ thread is its only user once serving starts.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -
     return list(out[:n])
 
 
+def _bindings_version() -> str:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def physical_cores() -> int:
     """A good thread count for llama.cpp: physical cores, not hyper-threads."""
     try:
@@ -109,6 +117,8 @@ class LlamaRuntime:
         n_threads: int,
         cache_type: str = "f16",
         repack: bool,
+        n_ubatch: int = 512,
+        flash_attn: bool | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -127,7 +137,7 @@ class LlamaRuntime:
         cparams = C.llama_context_default_params()
         cparams.n_ctx = pool
         cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_ubatch = min(n_batch, n_ubatch)
         cparams.n_seq_max = n_seq
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
@@ -138,11 +148,25 @@ class LlamaRuntime:
             # attention to read a quantized V cache.
             cparams.type_k = cparams.type_v = _GGML_TYPES[cache_type]
             cparams.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        elif flash_attn is not None:  # None: llama.cpp decides (auto)
+            cparams.flash_attn_type = (
+                C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)
             raise ModelLoadError(f"could not create a context of {n_ctx} tokens for {self.path}")
         self._mem = C.llama_get_memory(self._ctx)
+        # What a saved sequence state depends on besides the model file (the disk cache checks it).
+        self.kv_settings: dict[str, int | str] = {
+            "n_ctx": int(C.llama_n_ctx(self._ctx)),
+            "n_seq": n_seq,
+            "type_k": int(cparams.type_k),
+            "type_v": int(cparams.type_v),
+            "flash_attn": int(cparams.flash_attn_type),
+            "kv_unified": 1,
+            "llama_cpp": _bindings_version(),
+        }
         self.n_ctx = int(C.llama_n_ctx(self._ctx))
         self.n_seq = int(C.llama_n_seq_max(self._ctx))
         # The longest one sequence may be: the whole pool, never more than the model was trained on.

@@ -16,10 +16,19 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .prompt_cache import PromptCache
+
+class CacheMember(Protocol):
+    """What the pool needs of an engine's prompt cache (``prompt_cache.PromptCache``)."""
+
+    @property
+    def bytes_held(self) -> int: ...
+
+    def oldest_use(self) -> int | None: ...
+
+    def release(self) -> int: ...
+
 
 __all__ = ["PromptCachePool"]
 
@@ -33,11 +42,11 @@ class PromptCachePool:
         self.cap = cap
         self.limit = cap
         self.released = 0  # bytes given back because the limit went down
-        self._caches: weakref.WeakSet[PromptCache] = weakref.WeakSet()  # an engine's cache leaves with it
+        self._caches: weakref.WeakSet[CacheMember] = weakref.WeakSet()  # an engine's cache leaves with it
         self._uses = itertools.count(1)
         self._lock = threading.Lock()
 
-    def attach(self, cache: PromptCache) -> None:
+    def attach(self, cache: CacheMember) -> None:
         self._caches.add(cache)
 
     def use(self) -> int:
@@ -48,7 +57,7 @@ class PromptCachePool:
         """Bytes the caches hold now."""
         return sum(c.bytes_held for c in list(self._caches))
 
-    def room_for(self, cache: PromptCache) -> int:
+    def room_for(self, cache: CacheMember) -> int:
         """What ``cache`` may hold beside the others under the current limit."""
         others = sum(c.bytes_held for c in list(self._caches) if c is not cache)
         return max(0, self.limit - others)

@@ -12,6 +12,7 @@ from typing import Any
 from ._llama import LlamaRuntime, ModelInfo, ModelLoadError, physical_cores
 from .cache_pool import PromptCachePool
 from .chat_template import ChatTemplate, TemplateError
+from .disk_cache import DiskCache, fingerprint
 from .handle import RequestHandle
 from .scheduler import EngineStats, Scheduler
 from .types import EngineRequest
@@ -56,6 +57,8 @@ class EngineConfig:
     cache_ram: int = 2048  # MiB of host memory for the prompt cache; 0: off
     request_timeout: float = 600.0
     cache_pool: PromptCachePool | None = None  # the byte budget shared with other engines' caches
+    cache_disk: Path | None = None  # the prompt cache's disk tier (None: off)
+    cache_disk_max: int = 20480  # MiB the disk tier may hold (per model and engine settings)
 
 
 class Engine:
@@ -84,6 +87,18 @@ class Engine:
         except TemplateError as exc:
             self.runtime.close()
             raise ModelLoadError(f"{config.path}: {exc}") from None
+        self.disk_cache: DiskCache | None = None
+        if config.cache_disk is not None and config.cache_disk_max > 0:
+            key = fingerprint(config.path, self.runtime.kv_settings)
+            try:
+                self.disk_cache = DiskCache(
+                    config.cache_disk, key=key, max_bytes=config.cache_disk_max * 2**20
+                )
+            except OSError as exc:
+                self.runtime.close()
+                raise ModelLoadError(
+                    f"the prompt cache directory {config.cache_disk} is not usable: {exc}"
+                ) from None
         self.scheduler = Scheduler(
             self.runtime,
             n_slots=config.parallel,
@@ -92,6 +107,7 @@ class Engine:
             request_timeout=config.request_timeout,
             cache_bytes=config.cache_ram * 2**20,
             cache_pool=config.cache_pool,
+            disk=self.disk_cache,
         )
         self.load_seconds = time.perf_counter() - started
 
@@ -153,5 +169,14 @@ class Engine:
             f"{model_id_for(i.path)} ({i.n_params / 1e6:.0f}M params, {i.size_bytes / 2**20:.0f} MiB) "
             f"in {self.load_seconds:.2f} s; {self.config.parallel} slots sharing {self.runtime.n_ctx} tokens "
             f"(up to {self.n_ctx_seq} each), "
-            f"{self.threads} threads, prompt cache {self.config.cache_ram} MiB"
+            f"{self.threads} threads, prompt cache {self.config.cache_ram} MiB{self._describe_disk()}"
+        )
+
+    def _describe_disk(self) -> str:
+        disk = self.disk_cache
+        if disk is None:
+            return ""
+        return (
+            f" + disk {disk.dir} ({len(disk)} states, {disk.bytes_held / 2**20:.0f} of "
+            f"{disk.max_bytes / 2**20:.0f} MiB)"
         )

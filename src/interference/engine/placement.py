@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from ._llama import LlamaRuntime
+from .disk_cache import DiskCache
 from .prefix import MIN_SIMILARITY, SlotView, pick_slot
 from .prompt_cache import CacheEntry, PromptCache, PromptCachePool
 from .slots import EngineStats, Job, Phase, Slot
@@ -36,11 +38,13 @@ class Placement:
         *,
         cache_bytes: int,
         cache_pool: PromptCachePool | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self._rt = runtime
         self.slots = slots
         self.stats = stats
         self.cache = PromptCache(cache_bytes, pool=cache_pool) if cache_bytes > 0 else None
+        self.disk = disk
         # Sequences whose whole-sequence copy waits for the next decode: their state must not be read
         # or replaced until then.
         self.pending_copy: set[int] = set()
@@ -76,15 +80,9 @@ class Placement:
                 return target, keep, None, moved
         views = [SlotView(i, s.tokens, s.last_used) for i, s in enumerate(self.slots) if s in idle]
         index, n_past = pick_slot(views, prompt)
-        if self.cache is not None:
-            entry, n_hit = self.cache.best(prompt)
-            n_hit = min(n_hit, len(prompt) - 1)
-            target = self.victim(idle)
-            worth = n_hit > n_past and n_hit >= MIN_SIMILARITY * len(prompt)
-            if entry is not None and target is not None and worth:
-                self.stats.cache_hits += 1
-                return target, self.restore(entry, n_hit, target), None, True
-            self.stats.cache_misses += 1
+        restored = self._from_caches(prompt, n_past, idle)
+        if restored is not None:
+            return restored
         slot = self.slots[index]
         moved = self.save(slot, keep=n_past)
         if not self._rt.seq_rm(slot.seq, n_past, -1):
@@ -92,6 +90,87 @@ class Placement:
             n_past = 0
         del slot.tokens[n_past:]
         return slot, n_past, None, moved
+
+    def _from_caches(
+        self, prompt: Sequence[int], n_past: int, idle: list[Slot]
+    ) -> tuple[Slot, int, None, bool] | None:
+        """Restore the longest prefix the prompt cache holds (host RAM, else disk) when it beats the
+        idle slots' ``n_past``; None when neither tier has a better one."""
+        if self.cache is None and self.disk is None:
+            return None
+        limit = len(prompt) - 1  # one token at least is evaluated, for its logits
+        floor = max(n_past + 1, MIN_SIMILARITY * len(prompt))
+        entry, n_hit = self.cache.best(prompt) if self.cache is not None else (None, 0)
+        n_hit = min(n_hit, limit)
+        target = self.victim(idle)
+        if self.disk is not None and target is not None:
+            on_disk, n_disk = self.disk.best(prompt)
+            n_disk = min(n_disk, limit)
+            if on_disk is not None and n_disk > n_hit and n_disk >= floor:
+                state = self.disk.load(on_disk)
+                if state is not None:
+                    self.stats.cache_hits += 1
+                    self.stats.cache_disk_hits += 1
+                    loaded = CacheEntry(on_disk.tokens, state, len(state))
+                    return target, self.restore(loaded, n_disk, target), None, True
+        if entry is not None and target is not None and n_hit >= floor:
+            self.stats.cache_hits += 1
+            return target, self.restore(entry, n_hit, target), None, True
+        self.stats.cache_misses += 1
+        return None
+
+    def persist_one(self, *, ram: bool = True) -> bool:
+        """Save one idle slot whose KV no cache tier holds yet (to host RAM unless ``ram`` is False, and
+        to the disk tier); True when it saved one (call again), False when none is left or the disk
+        writer is busy. For the scheduler's idle time: a slot saved now is not saved later, on the path
+        of the request that overwrites it."""
+        for slot in sorted(self.slots, key=lambda s: s.last_used, reverse=True):
+            if slot.job is not None or slot.persisted or slot.seq in self.pending_copy:
+                continue  # (a pending copy is settled by the next decode)
+            if len(slot.tokens) < MIN_SAVE_TOKENS:
+                slot.persisted = True
+                continue
+            disk = self.disk
+            if disk is not None and not disk.covers(slot.tokens):
+                size = self._rt.state_size(slot.seq)
+                if not disk.fits(size):
+                    disk = None  # larger than the disk tier's bounds: host RAM only
+                elif not disk.has_room(size):
+                    return False  # the writer is behind: this slot waits for the next idle moment
+            slot.persisted = True
+            did = ram and self.save(slot, keep=0)
+            if disk is not None and not disk.covers(slot.tokens):
+                started = time.perf_counter()
+                state, length = self._rt.state_save(slot.seq)
+                did = disk.submit(slot.tokens, state, length) or did
+                self.stats.cache_seconds += time.perf_counter() - started
+            if did:
+                return True
+        return False
+
+    def persist_idle(self) -> bool:
+        """The engine has nothing to decode: save one idle slot (``persist_one``), never failing."""
+        try:
+            saved = self.persist_one()
+        except Exception:
+            logger.exception("saving an idle slot to the prompt cache failed")
+            saved = False
+        if self.disk is not None:
+            stats, disk = self.stats, self.disk
+            stats.cache_disk_writes, stats.cache_disk_bytes = disk.writes, disk.bytes_held
+            stats.cache_disk_entries = len(disk)
+        return saved
+
+    def persist_all(self) -> None:
+        """At shutdown: hand every idle slot and host-RAM entry the disk tier lacks to its writer
+        (nothing reuses the entries' buffers any more)."""
+        if self.disk is None:
+            return
+        while self.persist_one(ram=False):
+            pass
+        for entry in reversed(self.cache.entries() if self.cache is not None else []):  # newest first
+            if not self.disk.covers(entry.tokens) and self.disk.has_room(entry.length):
+                self.disk.submit(entry.tokens, entry.state, entry.length)
 
     def leader(self, req: EngineRequest) -> Job | None:
         """A running choice of the same request that prefills (or prefilled) the same prompt."""
@@ -142,12 +221,12 @@ class Placement:
 
     def restore(self, entry: CacheEntry, n_hit: int, slot: Slot) -> int:
         """Load a cached state into ``slot`` and trim it to the shared prefix; returns tokens reused."""
-        assert self.cache is not None
         self.save(slot, keep=0, restoring=entry)
         started = time.perf_counter()
         if not self._rt.state_restore(slot.seq, entry.state, entry.length):
             logger.warning("could not restore a cached prompt of %d tokens; prefilling it", len(entry.tokens))
-            self.cache.discard(entry)
+            if self.cache is not None:
+                self.cache.discard(entry)
             self._rt.seq_clear(slot.seq)
             slot.tokens.clear()
             return 0
@@ -156,7 +235,7 @@ class Placement:
             slot.tokens.clear()
             return 0
         slot.tokens[:] = entry.tokens[:n_hit]
-        if n_hit + MIN_SAVE_TOKENS > len(entry.tokens):
+        if self.cache is not None and n_hit + MIN_SAVE_TOKENS > len(entry.tokens):
             self.cache.discard(entry)  # the slot holds it now, and saves it again (longer) if overwritten
         elapsed = time.perf_counter() - started
         self.stats.cache_restored_tokens += n_hit
@@ -171,9 +250,10 @@ class Placement:
         return n_hit
 
     def _cache_stats(self, elapsed: float) -> None:
-        assert self.cache is not None
         stats = self.stats
         stats.cache_seconds += elapsed
+        if self.cache is None:
+            return
         stats.cache_bytes = self.cache.bytes_held
         stats.cache_entries = len(self.cache)
         stats.cache_evictions = self.cache.evictions

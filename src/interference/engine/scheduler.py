@@ -17,11 +17,13 @@ import time
 from ._llama import LlamaRuntime
 from .cache_pool import PromptCachePool
 from .detok import StopMatcher
+from .disk_cache import DiskCache
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from .kv_pool import KvPool
 from .placement import Placement
+from .profile import StepProfile
 from .sampling import CandidateBuffer, Sampler
-from .slots import EngineStats, Job, Phase, Slot, take_logprobs, token_logprob
+from .slots import EngineStats, Job, Phase, Slot, sample_row, take_logprobs
 from .types import EngineOutput, EngineRequest, FinishReason
 
 __all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Scheduler"]
@@ -29,8 +31,6 @@ __all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Sc
 logger = logging.getLogger(__name__)
 
 MIN_PREFILL = 32
-# Weight of the newest request in the running average of service times (Retry-After hints).
-SERVICE_EWMA_ALPHA = 0.2
 
 
 class Scheduler:
@@ -46,8 +46,10 @@ class Scheduler:
         request_timeout: float,
         cache_bytes: int = 0,
         cache_pool: PromptCachePool | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self._rt = runtime
+        self._disk = disk
         self._slots = [Slot(seq=i) for i in range(n_slots)]
         self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
         self._timeout = request_timeout
@@ -58,8 +60,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._failure: str | None = None  # why the worker thread stopped, when it did not stop cleanly
         self.stats = EngineStats()
+        self.profile: StepProfile | None = None  # set by a benchmark to time the phases of each step
         self._placement = Placement(
-            runtime, self._slots, self.stats, cache_bytes=cache_bytes, cache_pool=cache_pool
+            runtime, self._slots, self.stats, cache_bytes=cache_bytes, cache_pool=cache_pool, disk=disk
         )
         self._pool = KvPool(runtime.n_ctx, self._slots, self._placement)
 
@@ -72,10 +75,6 @@ class Scheduler:
     @property
     def n_slots(self) -> int:
         return len(self._slots)
-
-    @property
-    def n_ctx_seq(self) -> int:
-        return self._rt.n_ctx_seq
 
     @property
     def n_waiting(self) -> int:
@@ -131,7 +130,10 @@ class Scheduler:
             self._thread.join(timeout=timeout)
         for handle in self._waiting.drain():
             handle.push(EngineOutput(error="the server is shutting down"))
-        return self._thread is None or not self._thread.is_alive()
+        stopped = self._thread is None or not self._thread.is_alive()
+        if self._disk is not None and not self._disk.close(timeout=timeout):
+            logger.warning("the prompt cache's disk writer did not finish in time; a partial file is dropped")
+        return stopped
 
     # ------------------------------------------------------------------ worker thread
 
@@ -166,9 +168,13 @@ class Scheduler:
         while not self._stopping:
             busy = True
             try:
+                prof = self.profile
+                started = time.perf_counter()
                 self._admit()
                 self._reap()
                 busy = any(s.job for s in self._slots)
+                if prof is not None and busy:
+                    prof.admit += time.perf_counter() - started
                 if busy:
                     self._step()
             except Exception:  # an engine bug must not kill the loop: fail what is running
@@ -177,9 +183,12 @@ class Scheduler:
                 busy = False
             if not busy:
                 self._flush()
+                if self._placement.persist_idle():
+                    continue  # one slot saved: look for new work before saving the next
                 self._waiting.wait(timeout=1.0)
         self._fail_all("the server is shutting down")
         self._flush()
+        self._placement.persist_all()  # what the slots and the RAM cache hold outlives the process
 
     def _emit(self, handle: RequestHandle, output: EngineOutput) -> None:
         """Queue an output; ``_flush`` hands a whole step's outputs to the event loop in one wake-up
@@ -268,6 +277,7 @@ class Scheduler:
             return
         slot.job = None
         slot.last_used = time.monotonic()
+        slot.persisted = False
         job.sampler.free()
         # Choices waiting for this one's prompt: the first prefills it now, the others wait for that one.
         followers = [s.job for s in self._slots if s.job is not None and s.job.leader is job]
@@ -286,6 +296,8 @@ class Scheduler:
 
     def _step(self) -> None:
         rt = self._rt
+        prof = self.profile
+        t0 = time.perf_counter()
         rt.batch_clear()
         free = self._pool.room(lambda slot, job: self._finish(slot, job, "", FinishReason.LENGTH))
         active = [s for s in self._slots if s.job is not None]
@@ -320,18 +332,26 @@ class Scheduler:
 
         # The last step's outputs go to the event loop now, so its work (framing, socket writes) runs
         # while llama_decode holds no GIL, instead of holding up this thread between steps.
+        t1 = time.perf_counter()
         self._flush()
         started = time.perf_counter()
         rc = rt.decode()
         if rc == 1 and self._pool.make_room(self._pool.size) > 0:
             rc = rt.decode()  # no contiguous room for the batch: idle slots gave theirs back, once more
-        self.stats.decode_seconds += time.perf_counter() - started
+        decoded = time.perf_counter()
+        self.stats.decode_seconds += decoded - started
         self.stats.steps += 1
+        if prof is not None:
+            prof.steps += 1
+            prof.assemble += t1 - t0
+            prof.flush += started - t1
+            prof.decode += decoded - started
         if rc != 0:
             logger.error("llama_decode returned %d with %d tokens in the batch", rc, rt.batch_size)
             self._fail_all(f"llama_decode failed ({rc})")
             return
         self._placement.decoded()
+        sampled_before = prof.sample if prof is not None else 0.0
 
         # A snapshot: sharing a prompt can finish (and release) a choice before its turn in this loop.
         for slot, job in [(s, s.job) for s in active if s.job is not None]:
@@ -348,19 +368,17 @@ class Scheduler:
                 if job.phase is Phase.PREFILL:
                     self._share_prompt(slot, job)
                 self._on_token(slot, job, token)
+        if prof is not None:
+            prof.emit += time.perf_counter() - decoded - (prof.sample - sampled_before)
 
     def _sample(self, job: Job, row: int) -> int:
-        rt = self._rt
-        if job.logprobs is not None:
-            log_probs = rt.log_probs(row)
-        if job.sampler.has_grammar:
-            token = job.sampler.sample_constrained(rt.logits(row), self._candidates)
-        else:
-            token = rt.sample(job.sampler.chain, row)
-        if job.logprobs is not None:
-            job.logprobs.append(
-                token_logprob(self._rt.piece, token, log_probs, job.handle.request.top_logprobs or 0)
-            )
+        prof = self.profile
+        if prof is None:
+            return sample_row(self._rt, job, row, self._candidates)
+        started = time.perf_counter()
+        token = sample_row(self._rt, job, row, self._candidates)
+        prof.sample += time.perf_counter() - started
+        prof.tokens_sampled += 1
         return token
 
     def _share_prompt(self, leader_slot: Slot, leader: Job) -> None:
@@ -417,16 +435,7 @@ class Scheduler:
         if not job.stops.stopped:
             text += job.stops.feed(job.detok.flush())
             text += job.stops.flush()
-        stats = self.stats
-        elapsed = time.monotonic() - job.started
-        previous = stats.service_seconds
-        stats.service_seconds = (
-            elapsed if previous is None else previous + SERVICE_EWMA_ALPHA * (elapsed - previous)
-        )
-        stats.requests_finished += 1
-        stats.prompt_tokens += len(req.prompt)
-        stats.cached_tokens += job.n_cached
-        stats.completion_tokens += job.n_generated
+        self.stats.finished(time.monotonic() - job.started, len(req.prompt), job.n_cached, job.n_generated)
         self._release(
             slot,
             EngineOutput(

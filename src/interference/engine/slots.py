@@ -10,12 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from ._llama import LlamaRuntime
 from .detok import IncrementalDetokenizer, StopMatcher
 from .handle import RequestHandle
-from .sampling import Sampler
+from .sampling import CandidateBuffer, Sampler
 from .types import TokenLogprob
 
-__all__ = ["EngineStats", "Job", "Phase", "Slot", "take_logprobs", "token_logprob"]
+# Weight of the newest request in the running average of service times (Retry-After hints).
+SERVICE_EWMA_ALPHA = 0.2
+
+__all__ = ["EngineStats", "Job", "Phase", "Slot", "sample_row", "take_logprobs", "token_logprob"]
 
 
 class Phase(enum.Enum):
@@ -48,6 +52,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # mirror of what the sequence holds in KV
     last_used: float = 0.0
     job: Job | None = None
+    persisted: bool = True  # False while the cache tiers may lack what ``tokens`` holds (set on release)
 
 
 @dataclass(slots=True)
@@ -63,6 +68,10 @@ class EngineStats:
     service_seconds: float | None = None  # running average, admission to finish, of recent requests
     # The host-RAM prompt cache: a hit restores a saved sequence, a miss is an admission restoring none.
     cache_hits: int = 0
+    cache_disk_hits: int = 0  # hits restored from the disk tier (counted in cache_hits too)
+    cache_disk_writes: int = 0
+    cache_disk_bytes: int = 0
+    cache_disk_entries: int = 0
     cache_misses: int = 0
     cache_restored_tokens: int = 0
     cache_saves: int = 0
@@ -72,6 +81,16 @@ class EngineStats:
     cache_seconds: float = 0.0  # spent saving and restoring states, on the scheduler thread
     cache_pause_max_seconds: float = 0.0  # the longest one admission spent on it (running streams wait)
     shared_prompt_tokens: int = 0  # prompt tokens copied between the choices of n > 1 requests
+
+    def finished(self, elapsed: float, prompt: int, cached: int, generated: int) -> None:
+        """Count a finished request (``elapsed``: admission to finish, in seconds)."""
+        previous = self.service_seconds
+        alpha = SERVICE_EWMA_ALPHA
+        self.service_seconds = elapsed if previous is None else previous + alpha * (elapsed - previous)
+        self.requests_finished += 1
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        self.completion_tokens += generated
 
 
 def token_logprob(piece: Callable[[int], bytes], token: int, log_probs: Any, k: int) -> TokenLogprob:
@@ -90,3 +109,16 @@ def take_logprobs(job: Job) -> list[TokenLogprob] | None:
         return None
     taken, job.logprobs = job.logprobs, []
     return taken
+
+
+def sample_row(rt: LlamaRuntime, job: Job, row: int, candidates: CandidateBuffer) -> int:
+    """Sample ``job``'s next token from batch row ``row`` (its logprobs gathered when it asked)."""
+    if job.logprobs is not None:
+        log_probs = rt.log_probs(row)
+    if job.sampler.has_grammar:
+        token = job.sampler.sample_constrained(rt.logits(row), candidates)
+    else:
+        token = rt.sample(job.sampler.chain, row)
+    if job.logprobs is not None:
+        job.logprobs.append(token_logprob(rt.piece, token, log_probs, job.handle.request.top_logprobs or 0))
+    return token

@@ -66,6 +66,8 @@ def load_engine(
             cache_type=options.cache_type,
             cache_ram=options.cache_ram,
             cache_pool=cache_pool,
+            cache_disk=Path(options.cache_disk).expanduser() if options.cache_disk else None,
+            cache_disk_max=options.cache_disk_max,
             request_timeout=options.request_timeout,
             repack=repack.enabled,
         )

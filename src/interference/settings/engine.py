@@ -28,6 +28,12 @@ class EngineOptions(Frozen):
     """KV cache type: q8_0 halves its memory for a few % of speed (default: f16)"""
     cache_ram: Annotated[Count, flag("--cache-ram", metavar="MIB")] = 2048
     """host RAM for saved prompt KV, restored when a prompt shares its prefix; 0: off (default: 2048)"""
+    # The prompt cache's disk tier (engine/disk_cache.py): states survive restarts.
+    cache_disk: Annotated[str | None, flag("--cache-disk", metavar="DIR")] = None
+    """directory for saved prompt KV that survives restarts (written in the background, checked
+    against the model and KV settings before reuse; default: off)"""
+    cache_disk_max: Annotated[Count, flag("--cache-disk-max", metavar="MIB")] = 20480
+    """most MiB the disk tier holds per model, least recently used go first (default: 20480)"""
     request_timeout: Annotated[Seconds, flag("--request-timeout", metavar="SECONDS")] = 600.0
     """per-request limit (default: 600)"""
     # llama.cpp's repacked weight buffers; None: off on CPUs with AMX (they crash there), on elsewhere.

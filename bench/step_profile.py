@@ -1,0 +1,89 @@
+"""Where one engine step's time goes, at 1, 8 and 16 concurrent streams (the engine in-process).
+
+Runs the embedded model's engine directly (no HTTP), switches on ``Scheduler.profile`` and decodes
+``--tokens`` tokens on each of c streams (temperature 0.8, so the sampler chain does real work). Prints
+one JSON object: per concurrency, milliseconds per step for admission, batch assembly, the hand-off to
+the event loop, llama_decode, sampling and what follows it (detokenizing, stop strings, outputs), the
+Python share of a step, and microseconds of sampling per token.
+
+Usage::
+
+    python bench/step_profile.py [--levels 1,8,16] [--tokens 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import embedded_gguf, rounded
+from _system import machine_info
+
+from interference.engine._llama import quiet_llama_logs
+from interference.engine.engine import Engine, EngineConfig
+from interference.engine.profile import StepProfile
+from interference.engine.types import EngineRequest, SamplingParams
+
+
+async def run_level(engine: Engine, level: int, tokens: int) -> dict[str, Any]:
+    prof = StepProfile()
+
+    async def one(i: int, seed: int) -> int:
+        prompt = engine.render_chat([{"role": "user", "content": f"Story {level}-{i}: tell me a long tale."}])
+        request = EngineRequest(
+            request_id=f"p{level}-{i}",
+            prompt=tuple(prompt),
+            sampling=SamplingParams(temperature=0.8, top_p=0.95, seed=seed),
+            max_tokens=tokens,
+        )
+        n = 0
+        async for out in engine.submit(request):
+            n = out.completion_tokens or n
+        return n
+
+    # The same prompts twice: the second round finds them in the slots, so its figures describe
+    # decoding steps.
+    await asyncio.gather(*(one(i, i) for i in range(level)))
+    engine.scheduler.profile = prof
+    started = time.perf_counter()
+    done = await asyncio.gather(*(one(i, 100 + i) for i in range(level)))
+    wall = time.perf_counter() - started
+    engine.scheduler.profile = None
+    return {
+        "streams": level,
+        "tokens": sum(done),
+        "tok_s": sum(done) / wall,
+        "steps": prof.steps,
+        **prof.split(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--levels", default="1,8,16")
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    quiet_llama_logs()
+    engine = Engine(
+        EngineConfig(path=embedded_gguf(), threads=args.threads, parallel=max(levels), cache_ram=0)
+    )
+    engine.start()
+    try:
+        rows = [asyncio.run(run_level(engine, level, args.tokens)) for level in levels]
+    finally:
+        engine.close()
+    report = {"benchmark": "step_profile", "machine": machine_info(), "threads": args.threads, "levels": rows}
+    print(json.dumps(rounded(report), indent=2))
+
+
+if __name__ == "__main__":
+    main()
