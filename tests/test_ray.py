@@ -237,6 +237,25 @@ def test_killed_replicas_cut_their_streams_and_come_back(ray_server: RayServer) 
     assert r.status_code == 200, r.text
 
 
+def test_requests_on_a_lost_replica_go_to_another(ray_server: RayServer) -> None:
+    """A replica killed as requests arrive: those it had not answered are served by the other one."""
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP}#{ENGINE}")
+    ]
+    assert len(names) == 2
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=False)
+    with ThreadPoolExecutor(8) as pool:  # eight conversations: some are the lost replica's by hash
+        replies = list(
+            pool.map(
+                lambda i: _chat(ray_server.url, [{"role": "user", "content": f"question {i}"}]), range(8)
+            )
+        )
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies if r.status_code != 200]
+    assert _wait(lambda: _replicas() == 2, 120), serve.status()
+
+
 def _chat(url: str, messages: list[dict[str, str]], *, key: str = "sk-local") -> httpx.Response:
     return httpx.post(
         f"{url}/v1/chat/completions",

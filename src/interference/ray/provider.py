@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -26,6 +27,13 @@ __all__ = ["RayProvider", "replica_error"]
 RETRY_AFTER = 5.0
 # Seconds a request waits for an engine replica to take it before the client gets a 503.
 ASSIGN_TIMEOUT = 10.0
+# Replicas a request is handed to when they are lost before answering, and the pause between them
+# (the router learns of a dead replica within a moment).
+ATTEMPTS = 3
+RETRY_PAUSE = 0.5
+NO_REPLICA = "No engine replica is up to take this request; retry shortly."
+
+logger = logging.getLogger(__name__)
 
 
 def replica_error(exc: BaseException) -> InterferenceError:
@@ -46,26 +54,40 @@ def replica_error(exc: BaseException) -> InterferenceError:
     return unavailable
 
 
-async def _relay(stream: Any) -> AsyncIterator[Any]:
-    """The replica's stream (a ``DeploymentResponseGenerator``), its errors typed as ours."""
-    try:
-        # Ray Serve's router waits for a replica without end when none is up: give it a bound.
-        assigned = asyncio.ensure_future(stream._fetch_future_result_async())
+async def _relay(start: Callable[[], Any]) -> AsyncIterator[Any]:
+    """The stream of a replica (``start()`` makes a ``DeploymentResponseGenerator``), its errors typed
+    as ours. A replica lost before its first delta (killed, its node gone) hands the request to
+    another one, ``ATTEMPTS`` times at most; after a delta was sent the stream ends with the error."""
+    for attempt in range(ATTEMPTS):
+        stream = start()
+        sent = False
         try:
-            await asyncio.wait_for(asyncio.shield(assigned), ASSIGN_TIMEOUT)
-        except TimeoutError:
-            assigned.cancel()
-            unavailable = ServiceUnavailable("No engine replica is up to take this request; retry shortly.")
-            unavailable.retry_after = RETRY_AFTER
-            raise unavailable from None
-        async for item in stream:
-            yield item
-    except InterferenceError:
-        raise
-    except Exception as exc:
-        raise replica_error(exc) from None
-    finally:
-        stream.cancel()  # a client that left frees the replica's slot
+            # Ray Serve's router waits for a replica without end when none is up: give it a bound.
+            assigned = asyncio.ensure_future(stream._fetch_future_result_async())
+            try:
+                await asyncio.wait_for(asyncio.shield(assigned), ASSIGN_TIMEOUT)
+            except TimeoutError:
+                assigned.cancel()
+                unavailable = ServiceUnavailable(
+                    "No engine replica is up to take this request; retry shortly."
+                )
+                unavailable.retry_after = RETRY_AFTER
+                raise unavailable from None
+            async for item in stream:
+                sent = True
+                yield item
+            return
+        except InterferenceError:
+            raise
+        except Exception as exc:
+            if sent or attempt == ATTEMPTS - 1 or not isinstance(exc, RayActorError | ActorUnavailableError):
+                raise replica_error(exc) from None
+            logger.warning(
+                "an engine replica was lost before answering (%s); trying another", type(exc).__name__
+            )
+        finally:
+            stream.cancel()  # a client that left frees the replica's slot
+        await asyncio.sleep(RETRY_PAUSE)
 
 
 class RayProvider(Provider):
@@ -77,13 +99,13 @@ class RayProvider(Provider):
         self._stream: Any = handle.options(stream=True)
 
     def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        return _relay(self._stream.chat.remote(request, model))
+        return _relay(lambda: self._stream.chat.remote(request, model))
 
     def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
-        return _relay(self._stream.complete.remote(request, model))
+        return _relay(lambda: self._stream.complete.remote(request, model))
 
     def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta | MessageEvent]:
-        return _relay(self._stream.messages.remote(request, model))
+        return _relay(lambda: self._stream.messages.remote(request, model))
 
     async def embed(self, request: EmbeddingRequest, *, model: str) -> Embeddings:
         try:
