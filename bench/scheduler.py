@@ -54,23 +54,10 @@ from _common import (
     stop_server,
 )
 from _system import machine_info
+from prompt_cache import WORDS
 from single_stream import interference_cmd, llama_server_binary, llama_server_cmd
 
 WORKLOADS = ("cold_turns", "storm", "steady_c8", "agent_turns", "after_restart", "c1_decode")
-WORDS = [
-    "river",
-    "mountain",
-    "lantern",
-    "harbor",
-    "orchard",
-    "meadow",
-    "glacier",
-    "canyon",
-    "village",
-    "market",
-    "bridge",
-    "tower",
-]
 
 
 def words(n: int, seed: int) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+from test_prompt_cache import _chat as chat
 
 from conftest import RunningServer, running_server
 from interference.engine.disk_cache import DiskCache, fingerprint
@@ -127,11 +127,7 @@ def test_settings_come_from_flags_env_and_toml(tmp_path: Path) -> None:
 
 
 def _chat(server: RunningServer, messages: list[dict[str, str]]) -> dict[str, Any]:
-    body = {"model": "gpt-4o", "messages": messages, "max_tokens": 12, "temperature": 0}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
-    assert r.status_code == 200, r.text
-    result: dict[str, Any] = r.json()
-    return result
+    return chat(server, messages, max_tokens=12)
 
 
 def _conversation(i: int) -> list[dict[str, str]]:
