@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from test_prompt_cache import _chat as chat
 
 from conftest import RunningServer, running_server
@@ -166,6 +167,14 @@ def test_a_restarted_server_restores_a_known_prefix(tmp_path: Path) -> None:
         # A longer conversation starting with it reuses the saved prefix too.
         longer = [*conv, warm["choices"][0]["message"], {"role": "user", "content": "And then?"}]
         assert _cached(_chat(s, longer)) >= n_prompt - 8
+        metrics = httpx.get(f"{s.url}/metrics", timeout=30).text
+        hits = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("interference_engine_prompt_cache_disk_hits")
+        ]
+        assert hits and float(hits[0].split()[-1]) >= 1, hits
+        assert "interference_engine_prompt_cache_disk_bytes" in metrics
 
     # Damage every file: the server starts, ignores (removes) them and prefills.
     for path in _files(root):

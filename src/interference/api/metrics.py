@@ -35,6 +35,8 @@ _COUNTERS = (
     ("cache_saves", "prompt_cache_saves", "Slot states saved to the prompt cache"),
     ("cache_evictions", "prompt_cache_evictions", "Prompt cache entries evicted to stay within --cache-ram"),
     ("cache_seconds", "prompt_cache_seconds", "Time spent saving and restoring prompt cache states"),
+    ("cache_disk_hits", "prompt_cache_disk_hits", "Admissions restored from the prompt cache's disk tier"),
+    ("cache_disk_writes", "prompt_cache_disk_writes", "States written to the prompt cache's disk tier"),
     (
         "shared_prompt_tokens",
         "shared_prompt_tokens",
@@ -44,6 +46,8 @@ _COUNTERS = (
 _GAUGES = (
     ("cache_bytes", "prompt_cache_bytes", "Bytes held by the prompt cache"),
     ("cache_entries", "prompt_cache_entries", "Entries in the prompt cache"),
+    ("cache_disk_bytes", "prompt_cache_disk_bytes", "Bytes held by the prompt cache's disk tier"),
+    ("cache_disk_entries", "prompt_cache_disk_entries", "Files in the prompt cache's disk tier"),
     (
         "cache_pause_max_seconds",
         "prompt_cache_pause_max_seconds",

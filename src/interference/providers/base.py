@@ -115,6 +115,11 @@ class ProviderStats:
     cache_entries: int = 0
     cache_seconds: float = 0.0
     cache_pause_max_seconds: float = 0.0
+    # The prompt cache's disk tier (--cache-disk): hits (counted in cache_hits too), writes, what it holds.
+    cache_disk_hits: int = 0
+    cache_disk_writes: int = 0
+    cache_disk_bytes: int = 0
+    cache_disk_entries: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,10 @@ class LocalProvider(Provider):
             cache_entries=s.cache_entries,
             cache_seconds=s.cache_seconds,
             cache_pause_max_seconds=s.cache_pause_max_seconds,
+            cache_disk_hits=s.cache_disk_hits,
+            cache_disk_writes=s.cache_disk_writes,
+            cache_disk_bytes=s.cache_disk_bytes,
+            cache_disk_entries=s.cache_disk_entries,
         )
 
     # ------------------------------------------------------------------ requests
