@@ -12,11 +12,15 @@ import importlib.metadata
 import os
 import platform
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import orjson
 
 FIRST_TOKEN = b"Alpha"
@@ -109,6 +113,50 @@ def machine_info() -> dict[str, Any]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), **versions}
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _pin(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def spawn(
+    name: str, cmd: list[str], *, cpu: int | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log_file = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+    log(f"starting {name}: {' '.join(cmd)} (log: {log_file})")
+    with log_file.open("wb") as fh:
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=_pin(cpu),
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # ---------------------------------------------------------------------- the stub upstream

@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,10 @@ from _gateway_load import (
     machine_info,
     percentile,
     rounded,
+    spawn,
+    stop,
     tree_cpu_seconds,
+    wait_ready,
     wait_until_quiet,
 )
 
@@ -118,41 +120,6 @@ def preflight(port: int, path: str, body: bytes) -> str | None:
     except ValueError:
         message = response.text[:300]
     return f"{response.status_code}: {message}"
-
-
-def spawn(
-    cmd: list[str], name: str, cpu: int | None, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    log_file = Path(tempfile.mkstemp(prefix=f"bench-agent-{name}-", suffix=".log")[1])
-    log(f"starting {name}: {' '.join(cmd)} (log: {log_file})")
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    with log_file.open("wb") as fh:
-        return subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True, env=env
-        )
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def measure(
@@ -275,7 +242,7 @@ def main() -> int:
         f'type = "openai"\nbase_url = "http://127.0.0.1:{stub_port}/v1"\nmodel = "stub-model"\n'
         f'api_key = "{UPSTREAM_KEY}"\n'
     )
-    procs = [spawn([sys.executable, here, "stub", "--port", str(stub_port)], "stub", bench_cpu)]
+    procs = [spawn("stub", [sys.executable, here, "stub", "--port", str(stub_port)], cpu=bench_cpu)]
     targets: dict[str, tuple[int, int]] = {}
     sources = [("interference", None)] + (
         [("interference_baseline", args.baseline_src)] if args.baseline_src else []
@@ -283,11 +250,12 @@ def main() -> int:
     try:
         for name, src in sources:
             port = free_port()
-            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve() / "src")} if src else None
+            env = {"PYTHONPATH": str(Path(src).resolve() / "src")} if src else None
             proc = spawn(
+                name,
                 [sys.executable, "-m", "interference", "serve", "--config", str(config), "--port", str(port),
                  "--no-access-log"],
-                name, target_cpu, env=env,
+                cpu=target_cpu, env=env,
             )  # fmt: skip
             procs.append(proc)
             wait_ready(proc, f"http://127.0.0.1:{port}/health")

@@ -52,8 +52,11 @@ from _gateway_load import (
     rounded,
     run_load,
     run_stub,
+    spawn,
+    stop,
     stub_responses,
     tree_cpu_seconds,
+    wait_ready,
     wait_until_quiet,
 )
 
@@ -123,47 +126,6 @@ def measure(port: int, model: str, key: str, seconds: float, pid: int) -> dict[s
 
 
 # ---------------------------------------------------------------------- processes
-
-
-def _pin(cpu: int | None) -> Callable[[], None] | None:
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-def spawn(
-    name: str, cmd: list[str], *, cpu: int | None, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    log_file = Path(tempfile.mkstemp(prefix=f"bench-gateway-{name}-", suffix=".log")[1])
-    log(f"starting {name}: {' '.join(cmd)} (log: {log_file})")
-    with log_file.open("wb") as fh:
-        return subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=_pin(cpu),
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def ensure_litellm(venv: Path) -> Path:
