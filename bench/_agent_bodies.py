@@ -231,8 +231,8 @@ def _history(rng: random.Random) -> list[dict[str, Any]]:
     return turns
 
 
-def messages_body(model: str, *, stream: bool) -> dict[str, Any]:
-    """A Claude Code shaped ``/v1/messages`` body, about 117 KB."""
+def _conversation() -> tuple[list[str], list[tuple[str, str, dict[str, Any]]], list[dict[str, Any]]]:
+    """The system texts, tools and history that the Messages and chat bodies both carry."""
     rng = random.Random(18)
     system_texts = [
         "You are an interactive command line assistant for software work.",
@@ -240,7 +240,12 @@ def messages_body(model: str, *, stream: bool) -> dict[str, Any]:
         _prose(rng, 2_600),
     ]
     tools = _tools(rng)
-    history = _history(rng)
+    return system_texts, tools, _history(rng)
+
+
+def messages_body(model: str, *, stream: bool) -> dict[str, Any]:
+    """A Claude Code shaped ``/v1/messages`` body, about 117 KB."""
+    system_texts, tools, history = _conversation()
     messages: list[dict[str, Any]] = []
     for turn in history:
         if turn["role"] == "user":
@@ -286,14 +291,7 @@ def messages_body(model: str, *, stream: bool) -> dict[str, Any]:
 
 def chat_body(model: str, *, stream: bool) -> dict[str, Any]:
     """The same conversation as a ``/v1/chat/completions`` body (24 function tools and one more)."""
-    rng = random.Random(18)
-    system_texts = [
-        "You are an interactive command line assistant for software work.",
-        _prose(rng, 27_000),
-        _prose(rng, 2_600),
-    ]
-    tools = _tools(rng)
-    history = _history(rng)
+    system_texts, tools, history = _conversation()
     messages: list[dict[str, Any]] = [{"role": "system", "content": "\n\n".join(system_texts)}]
     for turn in history:
         if turn["role"] == "user":
