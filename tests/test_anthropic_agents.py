@@ -7,7 +7,6 @@ not fit is refused in Anthropic's words, which Claude Code acts on.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import httpx
 import openai
 import pytest
 from claude_code_request import BETA, TOOL_NAMES, claude_code_body
+from test_anthropic import _events
 from test_chat_template import _with_template
 
 import fake_anthropic
@@ -212,19 +212,6 @@ def test_reasoning_content_from_a_thinking_template(thinker: RunningServer) -> N
     assert response.output[0].summary[0].text
 
 
-def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
-    """(event name, data) of every SSE event of an Anthropic stream."""
-    out, name = [], ""
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            data = json.loads(line.removeprefix("data: "))
-            assert data["type"] == name
-            out.append((name, data))
-    return out
-
-
 def test_a_streamed_thought_is_the_whole_message_in_anthropic_order(thinker: RunningServer) -> None:
     """The thinking block comes first and is signed before it stops; streamed or not, the same prompt and
     the same start of the thought (greedy; a prompt read from the cache may drift later on)."""
@@ -245,7 +232,7 @@ def test_a_streamed_thought_is_the_whole_message_in_anthropic_order(thinker: Run
         ) as reply,
     ):
         assert reply.status_code == 200
-        events = _sse(reply)
+        events = _events(reply)
     names = [name for name, _ in events]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-2:] == ["message_delta", "message_stop"]
