@@ -94,3 +94,18 @@ def test_no_replica_in_time_is_a_503_with_retry_after() -> None:
     assert info.value.retry_after == provider.RETRY_AFTER
     full = provider.replica_error(BackPressureError(num_queued_requests=9, max_queued_requests=9))
     assert isinstance(full, ServiceUnavailable) and full.retry_after == provider.RETRY_AFTER
+
+
+def test_a_whole_answer_keeps_its_type_too() -> None:
+    async def fails(exc: BaseException) -> None:
+        raise exc
+
+    async def answers() -> int:
+        return 7
+
+    assert asyncio.run(provider._answer(answers())) == 7
+    bad = InvalidRequest("no embeddings here", param="model")
+    with pytest.raises(InvalidRequest):
+        asyncio.run(provider._answer(fails(RayTaskError("embed", "traceback", bad))))
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(provider._answer(fails(RayActorError())))

@@ -90,6 +90,14 @@ async def _relay(start: Callable[[], Any]) -> AsyncIterator[Any]:
         await asyncio.sleep(RETRY_PAUSE)
 
 
+async def _answer(response: Any) -> Any:
+    """A replica's whole answer (a ``DeploymentResponse``), its errors typed as ours."""
+    try:
+        return await response
+    except Exception as exc:
+        raise replica_error(exc) from None
+
+
 class RayProvider(Provider):
     """Hands each request to an engine replica; deltas stream back through Ray."""
 
@@ -108,15 +116,9 @@ class RayProvider(Provider):
         return _relay(lambda: self._stream.messages.remote(request, model))
 
     async def embed(self, request: EmbeddingRequest, *, model: str) -> Embeddings:
-        try:
-            result: Embeddings = await self._handle.embed.remote(request, model)
-        except Exception as exc:
-            raise replica_error(exc) from None
+        result: Embeddings = await _answer(self._handle.embed.remote(request, model))
         return result
 
     async def count_tokens(self, request: CountTokensRequest, *, model: str) -> int:
-        try:
-            result: int = await self._handle.count_tokens.remote(request, model)
-        except Exception as exc:
-            raise replica_error(exc) from None
+        result: int = await _answer(self._handle.count_tokens.remote(request, model))
         return result
