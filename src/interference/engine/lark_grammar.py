@@ -10,8 +10,10 @@ which lets the ignored text stand between the items of a rule. ``start`` is the 
 from __future__ import annotations
 
 import ast
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from .text_grammar import (
     Node,
@@ -112,7 +114,7 @@ class LarkReader:
     def __init__(self, definition: str, *, common: bool = True) -> None:
         self.defined: dict[str, Node] = {}
         self.ignored: list[Node] = []
-        self.common = LarkReader(COMMON, common=False) if common else None
+        self.common = _common() if common else None
         statements: list[list[Token]] = []
         for line in _tokens(definition):
             if _starts_statement(line) or not statements:
@@ -163,9 +165,9 @@ class LarkReader:
         elif rest[:1] == [("op", "(")]:
             pairs += [(t[1], t[1]) for t in rest[1:] if t[0] == "name"]
         for name, alias in pairs:
-            if name not in self.common.defined:
+            if name not in self.common:
                 raise TextGrammarError(f"lark grammar: common.{name} is not known")
-            for dep, body in self.common.defined.items():
+            for dep, body in self.common.items():
                 self.defined.setdefault(dep if dep != name else alias, body)
 
     def _finish(self) -> None:
@@ -197,6 +199,12 @@ def _without_gaps(node: Node) -> Node:
     if node.kind == "seq":
         return seq(children)
     return alt(children) if node.kind == "alt" else rep(children[0], node.lo, node.hi)
+
+
+@functools.cache
+def _common() -> Mapping[str, Node]:
+    """Lark's ``common`` terminals, read once (every custom tool of Codex imports them each turn)."""
+    return MappingProxyType(LarkReader(COMMON, common=False).defined)
 
 
 def _refs(node: Node) -> list[str]:
