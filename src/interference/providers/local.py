@@ -282,14 +282,16 @@ class LocalProvider(Provider):
 
         try:
             gbnf = build(schema)
-            if not self.engine.check_grammar(gbnf) and _has_text_grammar(schema):
+            parses = self.engine.check_grammar(gbnf)
+            if not parses and _has_text_grammar(schema):
                 gbnf = build(_without_text_grammars(schema))
+                parses = self.engine.check_grammar(gbnf)
         except UnsupportedSchema as exc:
             raise UnsupportedParameter(
                 f"JSON schema keyword '{exc.keyword}' (at {exc.path or 'the root'}) is not supported: {exc}",
                 param=param,
             ) from exc
-        if not self.engine.check_grammar(gbnf):
+        if not parses:
             raise InvalidRequest("the JSON schema could not be turned into a grammar", param=param)
         return gbnf
 
