@@ -152,6 +152,25 @@ def test_custom_tool_formats_are_enforced(client: openai.OpenAI, seed: int) -> N
         assert check(call.input), call.input
 
 
+def test_a_format_llama_cpp_refuses_is_left_unenforced(client: openai.OpenAI) -> None:
+    """Left recursion reads as Lark but llama.cpp takes no such grammar: the call still goes ahead."""
+    looping = {**LS, "format": {"type": "grammar", "syntax": "lark", "definition": 'start: start "a" | "a"'}}
+    response = client.responses.create(
+        model=MODEL,
+        input="Go ahead.",
+        tools=[looping],
+        tool_choice={"type": "custom", "name": "list_files"},
+        temperature=0,
+        max_output_tokens=120,
+    )
+    if response.status == "incomplete":  # the free input string ran to max_output_tokens
+        assert response.incomplete_details is not None
+        assert response.incomplete_details.reason == "max_output_tokens"
+        return
+    assert response.output[0].type == "custom_tool_call"
+    assert response.output[0].name == "list_files"
+
+
 STRICT_CITY = {
     **WEATHER,
     "parameters": {
