@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from .wire import ParamError, WireModel, joined_text
 
@@ -80,17 +80,23 @@ class OtherBlock(WireModel):
 
     type: str
 
-    @field_validator("type")
-    @classmethod
-    def _not_a_known_type(cls, v: str) -> str:
-        if v in KNOWN_BLOCK_TYPES:
-            raise ValueError(f"malformed '{v}' block")
-        return v
+
+def _block_tag(block: Any) -> str:
+    """A block's model, by its ``type``: unknown types (and non-objects) go to ``OtherBlock``."""
+    kind = block.get("type") if isinstance(block, dict) else getattr(block, "type", None)
+    return kind if kind in KNOWN_BLOCK_TYPES else "other"
 
 
+# Tagged by ``type``: trying each model in turn cost several failed validations per block.
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock,
-    Field(union_mode="left_to_right"),
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[ThinkingBlock, Tag("redacted_thinking")]
+    | Annotated[OtherBlock, Tag("other")],
+    Discriminator(_block_tag),
 ]
 
 
