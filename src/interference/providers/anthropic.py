@@ -27,7 +27,7 @@ from ..protocol import (
 from ..protocol.anthropic_openai import EventTranslator, chat_choice, chat_usage, messages_body
 from ..settings import AnthropicDeployment, UpstreamDeployment
 from .base import Delta, MessageEvent
-from .http_upstream import HttpUpstream, UpstreamPool
+from .http_upstream import Call, HttpUpstream, UpstreamPool
 from .openai_wire import choice_delta, usage_of
 
 __all__ = ["AnthropicProvider"]
@@ -106,7 +106,7 @@ class AnthropicProvider(HttpUpstream):
 
     # ------------------------------------------------------------------ the call
 
-    def _call(self, kind: str, body: dict[str, Any], beta: str) -> httpx.Request:
+    def _call(self, kind: str, body: dict[str, Any], beta: str) -> Call:
         """``beta``: the client's ``anthropic-beta`` header, passed on as sent."""
         headers = {**self._headers, "anthropic-beta": beta} if beta else None
         return self._post(self._urls[kind], body, headers=headers)

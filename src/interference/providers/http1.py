@@ -146,11 +146,11 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the request's side
 
-    def send(self, data: bytes) -> None:
+    def send(self, head: bytes, body: bytes) -> None:
         self._reset()
         self._active = True
         assert self._transport is not None
-        self._transport.write(data)
+        self._transport.writelines((head, body))  # no joined copy of a large body
 
     @property
     def is_reusable(self) -> bool:
@@ -248,18 +248,31 @@ class Http1Transport(httpx.AsyncBaseTransport):
         url = request.url
         if url.scheme != "http" or request.method == "HEAD" or "transfer-encoding" in request.headers:
             return await self._fallback.handle_async_request(request)
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        origin = (url.host, url.port or 80)
         head = b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)
-        data = (
-            head
-            + b"".join(b"%s: %s\r\n" % pair for pair in request.headers.raw)
-            + b"\r\n"
-            + await request.aread()
+        head += b"".join(b"%s: %s\r\n" % pair for pair in request.headers.raw) + b"\r\n"
+        return await self._exchange(url, head, await request.aread(), request.extensions.get("timeout", {}))
+
+    async def post(
+        self, url: httpx.URL, headers: bytes, body: bytes, timeouts: dict[str, Any]
+    ) -> httpx.Response:
+        """POST ``body`` to a plain ``http://`` URL; ``headers`` are ready ``name: value\\r\\n`` lines,
+        without Host and Content-Length. The same exchange as ``handle_async_request``, without an
+        ``httpx.Request`` (whose headers and URL handling cost more than the exchange's own work)."""
+        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            url.raw_path,
+            url.netloc,
+            len(body),
+            headers,
         )
+        return await self._exchange(url, head, body, timeouts)
+
+    async def _exchange(
+        self, url: httpx.URL, head: bytes, body: bytes, timeouts: dict[str, Any]
+    ) -> httpx.Response:
+        origin = (url.host, url.port or 80)
         conn = self._checkout(origin) or await self._connect(origin, timeouts.get("connect"))
         try:
-            conn.send(data)  # no await between the checks in _checkout and this write
+            conn.send(head, body)  # no await between the checks in _checkout and this write
             await conn.wait_headers(timeouts.get("read"))
         except BaseException:
             conn.close()

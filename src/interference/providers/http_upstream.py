@@ -50,7 +50,7 @@ from .base import MessageEvent, Provider
 from .http1 import Http1Transport
 from .sse import SSEDecoder
 
-__all__ = ["HttpUpstream", "UpstreamPool", "json_object", "loads", "nonempty_str"]
+__all__ = ["Call", "HttpUpstream", "UpstreamPool", "json_object", "loads", "nonempty_str"]
 
 # No cap on connections: admission is the upstream's job (it answers 429), and a local pool limit
 # would turn our own queueing into timeouts that put a healthy upstream in cooldown.
@@ -66,18 +66,21 @@ class UpstreamPool:
         self._transport = transport  # tests plug in byte-level faults here
         self._client: httpx.AsyncClient | None = None
         self._users = 0
+        self.transport: httpx.AsyncBaseTransport | None = None
 
     def acquire(self) -> httpx.AsyncClient:
         if self._client is None:
             transport = self._transport or _transport()
             self._client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False, transport=transport)
+            # None: httpx picks a transport per URL (proxies), so calls go through the client.
+            self.transport = transport
         self._users += 1
         return self._client
 
     async def release(self) -> None:
         self._users -= 1
         if self._users == 0 and self._client is not None:
-            client, self._client = self._client, None
+            client, self._client, self.transport = self._client, None, None
             await client.aclose()
 
 
@@ -106,7 +109,9 @@ class HttpUpstream(Provider):
             **self._wire_headers(deployment),
         }
         timeout = httpx.Timeout(deployment.timeout, connect=deployment.connect_timeout)
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
+        self._head = _header_lines(self._headers)
         self._pool = pool
         self._client: httpx.AsyncClient | None = None
 
@@ -125,23 +130,14 @@ class HttpUpstream(Provider):
 
     # ------------------------------------------------------------------ the call
 
-    def _post(
-        self, url: httpx.URL, body: dict[str, Any], *, headers: dict[str, str] | None = None
-    ) -> httpx.Request:
-        """A ready request: it skips the client's per-call merging of URL, headers and cookies (a third
-        of its cost); the client still sends it, and ``_open`` closes the response."""
+    def _post(self, url: httpx.URL, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Call:
+        """A ready call; ``_open`` sends it."""
         if self._client is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        return httpx.Request(
-            "POST",
-            url,
-            content=orjson.dumps(body),
-            headers=headers or self._headers,
-            extensions=self._extensions,
-        )
+        return Call(url, orjson.dumps(body), headers)
 
     @contextlib.asynccontextmanager
-    async def _open(self, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+    async def _open(self, call: Call) -> AsyncIterator[httpx.Response]:
         """The call's 2xx response, its body not read yet; any failure as an ``Upstream*`` error.
 
         The response is closed on the way out, whatever happens: a cancelled request closes its
@@ -149,7 +145,7 @@ class HttpUpstream(Provider):
         """
         assert self._client is not None
         with self._translate_errors():
-            response = await self._client.send(request, stream=True)
+            response = await self._send(call)
             try:
                 if not 200 <= response.status_code < 300:
                     raise await self._status_error(response)
@@ -157,14 +153,38 @@ class HttpUpstream(Provider):
             finally:
                 await response.aclose()
 
-    async def _read(self, request: httpx.Request) -> bytes:
+    async def _send(self, call: Call) -> httpx.Response:
+        """Plain ``http://`` calls go to the lean transport as bytes; others as an ``httpx.Request``,
+        to the pool's transport directly, past the client's per-call work (auth and redirect
+        generators, timers, and a cookie jar filled from every upstream's Set-Cookie), none of which
+        applies to an upstream call; through the client only when httpx picks a transport per URL
+        (proxies)."""
+        transport = self._pool.transport
+        if isinstance(transport, Http1Transport) and call.url.scheme == "http":
+            head = self._head if call.headers is None else _header_lines(call.headers)
+            return await transport.post(call.url, head, call.body, self._timeouts)
+        request = httpx.Request(
+            "POST",
+            call.url,
+            content=call.body,
+            headers=call.headers or self._headers,
+            extensions=self._extensions,
+        )
+        if transport is None:
+            assert self._client is not None
+            return await self._client.send(request, stream=True)
+        response = await transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def _read(self, call: Call) -> bytes:
         """The whole 2xx body of one call."""
-        async with self._open(request) as response:
+        async with self._open(call) as response:
             return await response.aread()
 
-    async def _read_object(self, request: httpx.Request) -> dict[str, Any]:
+    async def _read_object(self, call: Call) -> dict[str, Any]:
         """The whole 2xx body of one call, which must be a JSON object."""
-        return json_object(await self._read(request))
+        return json_object(await self._read(call))
 
     @staticmethod
     async def _iter_data(response: httpx.Response) -> AsyncIterator[list[str]]:
@@ -256,6 +276,19 @@ class HttpUpstream(Provider):
             exc.param = nonempty_str(error.get("param"))
             exc.code = nonempty_str(error.get("code"))
         return exc
+
+
+class Call:
+    """One upstream POST, ready to send: its URL, JSON body and headers (None: the deployment's)."""
+
+    __slots__ = ("body", "headers", "url")
+
+    def __init__(self, url: httpx.URL, body: bytes, headers: dict[str, str] | None) -> None:
+        self.url, self.body, self.headers = url, body, headers
+
+
+def _header_lines(headers: dict[str, str]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
 
 
 def loads(data: str | bytes) -> Any:

@@ -30,7 +30,7 @@ from ..protocol import (
 )
 from ..settings import UpstreamDeployment
 from .base import Delta, Embeddings, chat_from_messages
-from .http_upstream import HttpUpstream, UpstreamPool, json_object, loads
+from .http_upstream import Call, HttpUpstream, UpstreamPool, json_object, loads
 from .openai_wire import ChunkStream, Kind, whole_deltas
 from .upstream_embeddings import embeddings_from_body
 
@@ -98,7 +98,7 @@ class UpstreamProvider(HttpUpstream):
 
     # ------------------------------------------------------------------ the call
 
-    def _request(self, kind: str, request: BaseModel, model: str) -> httpx.Request:
+    def _request(self, kind: str, request: BaseModel, model: str) -> Call:
         """The upstream call: the client's fields as sent (extras included), ``model`` replaced."""
         wire = request.wire_body() if isinstance(request, WireModel) else None
         # The JSON as sent, when it was kept: dumping the models again costs as much as parsing them.
