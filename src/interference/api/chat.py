@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ..protocol import ChatCompletionRequest, new_id
 from ..providers.base import Delta
@@ -102,7 +102,7 @@ class ChatServing:
             record=record,
             shutdown=self._shutdown,
         )
-        return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        return sse.EventStream(frames)
 
 
 def _message(text: str, tool_calls: list[dict[str, Any]], reasoning: str) -> dict[str, Any]:

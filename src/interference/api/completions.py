@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..protocol import CompletionRequest, new_id
 from ..providers.base import Delta
@@ -63,4 +63,4 @@ class CompletionServing:
             record=record,
             shutdown=self._shutdown,
         )
-        return StreamingResponse(frames, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        return sse.EventStream(frames)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import InterferenceError
 from ..protocol import CountTokensRequest, MessagesRequest
@@ -67,8 +67,8 @@ class MessagesServing:
         return JSONResponse({"input_tokens": await self._router.count_tokens(request)})
 
 
-def _streaming(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+def _streaming(events: AsyncIterator[bytes]) -> sse.EventStream:
+    return sse.EventStream(events)
 
 
 def _usage(usage: TokenUsage | None) -> dict[str, int]:

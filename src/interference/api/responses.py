@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import ContextLengthExceeded, InterferenceError, InvalidRequest, NotFound, UnsupportedParameter
 from ..protocol import ChatCompletionRequest, ParamError, ResponseRequest
@@ -87,7 +87,7 @@ class ResponseServing:
             await self._save(request, final, kept, owner)
             return JSONResponse(final, headers=headers)
         events = self._events(builder, first, stream, request, (kept, owner), record)
-        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, **headers})
+        return sse.EventStream(events, headers=headers)
 
     async def _history(self, request: ResponseRequest, owner: str) -> list[InputItem]:
         """The items of the stored conversation that ``previous_response_id`` continues."""

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import InterferenceError, UpstreamProtocolError
 from ..protocol import ResponseRequest
@@ -73,7 +73,7 @@ class NativeResponseServing:
         relay = guarded(
             frames(), source=events, shutdown=self._shutdown, error_frame=_error_event, what="response stream"
         )
-        return StreamingResponse(relay, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        return sse.EventStream(relay)
 
     async def _save(self, response: dict[str, Any], items: list[dict[str, Any]], owner: str) -> None:
         if self._store is not None:
