@@ -85,6 +85,9 @@ def create_app(settings: Settings, router: Router) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request; the
+        # server's figures are on /metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     metrics = Metrics(router)
     app.state.interference = AppState.build(router, store)

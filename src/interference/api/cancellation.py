@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -26,20 +25,28 @@ async def _disconnected(request: Request) -> None:
 
 
 async def with_cancellation(request: Request, work: Awaitable[T]) -> T | Response:
-    """Run ``work``, racing it against the client's disconnect; whichever ends first cancels the other.
+    """Run ``work`` in this task while one watcher task waits for the client's disconnect; a disconnect
+    cancels ``work``, and its end cancels the watcher.
 
-    Safe only once the body has been read, so the listener sees nothing but the disconnect.
+    Safe only once the body has been read, so the watcher sees nothing but the disconnect.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown, a server timeout): not ours to absorb
+        current.uncancel()
+        return Response(status_code=CLIENT_CLOSED)
     finally:
-        for pending in (task, watcher):
-            if not pending.done():
-                pending.cancel()
-    if task.done() and not task.cancelled():
-        return task.result()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return Response(status_code=CLIENT_CLOSED)
+        watcher.cancel()
