@@ -37,11 +37,20 @@ from .auth import is_public, presented_key
 from .errors import response_for
 from .request_log import RequestRecord, route_of
 
-__all__ = ["RATE_LIMIT_HEADERS", "AccessMiddleware", "Caller", "KeyStore", "caller_of", "is_admin"]
+__all__ = [
+    "PARSED_BODY_KEY",
+    "RATE_LIMIT_HEADERS",
+    "AccessMiddleware",
+    "Caller",
+    "KeyStore",
+    "caller_of",
+    "is_admin",
+]
 
 logger = logging.getLogger(__name__)
 
 _STATE_KEY = "interference_caller"
+PARSED_BODY_KEY = "interference_parsed_body"
 # The routes that generate (and so count against rpm and tpm), with and without the /v1 prefix.
 GENERATING = frozenset(
     p + s
@@ -123,15 +132,11 @@ class KeyStore:
                 logger.warning("keys file not reloaded, the previous keys stay: %s", exc)
 
 
-def _reserve(body: bytes, *, generates: bool = True) -> tuple[str | None, int]:
+def _reserve(data: object, size: int, *, generates: bool = True) -> tuple[str | None, int]:
     """The model asked for and the tokens to reserve: prompt estimate (bytes / 4), plus max_tokens
     when the route generates (embeddings produce no tokens, so they reserve the prompt only)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, len(body) // 4 + 1
     if not isinstance(data, dict):
-        return None, len(body) // 4 + 1
+        return None, size // 4 + 1
     model = data.get("model")
     limit = DEFAULT_COMPLETION_RESERVE if generates else 0
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
@@ -139,7 +144,7 @@ def _reserve(body: bytes, *, generates: bool = True) -> tuple[str | None, int]:
         if generates and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             limit = value
             break
-    return (model if isinstance(model, str) else None), len(body) // 4 + 1 + limit
+    return (model if isinstance(model, str) else None), size // 4 + 1 + limit
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
@@ -226,7 +231,16 @@ class AccessMiddleware:
             spec = caller.spec
             if spec is not None and scope["method"] == "POST" and (path in GENERATING or path in MODEL_ONLY):
                 body, messages = await _read_body(receive)
-                model, reserve = _reserve(body, generates=not path.endswith("/embeddings"))
+                try:
+                    data = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    data = None
+                else:
+                    state[PARSED_BODY_KEY] = (
+                        body,
+                        data,
+                    )  # the route validates this object, not the bytes again
+                model, reserve = _reserve(data, len(body), generates=not path.endswith("/embeddings"))
                 if model is not None and not spec.allows(model, self._canonical(model)):
                     status = 403
                     await response_for(scope, ModelNotAllowed(model))(scope, receive, send)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..protocol import CompletionRequest, new_id
 from ..providers.base import Delta
 from ..router import Router
 from . import sse
 from .request_log import RequestRecord
-from .serving import ChunkEnvelope, fold, open_stream, sse_frames, usage_dict
+from .serving import ChunkEnvelope, FastJSONResponse, fold, open_stream, sse_frames, usage_dict
 from .shutdown import Shutdown
 
 __all__ = ["CompletionServing"]
@@ -41,7 +41,7 @@ class CompletionServing:
                 ]
             )
             body["usage"] = usage_dict(folded.usage)
-            return JSONResponse(body)
+            return FastJSONResponse(body)
 
         def chunks(delta: Delta) -> list[dict[str, Any]]:
             if not delta.text and delta.finish_reason is None and not delta.logprobs:

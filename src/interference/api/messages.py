@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import InterferenceError
 from ..protocol import CountTokensRequest, MessagesRequest
@@ -30,7 +30,7 @@ from ..router import Router
 from . import sse
 from .errors import anthropic_error_body
 from .request_log import RequestRecord
-from .serving import UsageTally, fold, guarded, iter_all, open_stream, settle_usage
+from .serving import FastJSONResponse, UsageTally, fold, guarded, iter_all, open_stream, settle_usage
 from .shutdown import Shutdown
 
 __all__ = ["MessagesServing"]
@@ -52,7 +52,7 @@ class MessagesServing:
         if isinstance(first, MessageEvent):
             if not request.stream:
                 await aclose_stream(stream)
-                return JSONResponse({**first.data, "model": request.model})
+                return FastJSONResponse({**first.data, "model": request.model})
             return _streaming(_relay(request.model, first, stream, self._shutdown))
         deltas = cast(AsyncIterator[Delta], stream)
         draft = _Draft(request.model)
@@ -60,11 +60,11 @@ class MessagesServing:
             folded = await fold(first, deltas, record)
             blocks = draft.blocks(folded.text(0), folded.calls(0), folded.reasoning(0))
             reason = stop_reason(folded.finish.get(0), folded.stop_sequences.get(0))
-            return JSONResponse(draft.message(blocks, reason, folded.stop_sequences.get(0), folded.usage))
+            return FastJSONResponse(draft.message(blocks, reason, folded.stop_sequences.get(0), folded.usage))
         return _streaming(draft.events(first, deltas, self._shutdown, record))
 
     async def count_tokens(self, request: CountTokensRequest) -> Response:
-        return JSONResponse({"input_tokens": await self._router.count_tokens(request)})
+        return FastJSONResponse({"input_tokens": await self._router.count_tokens(request)})
 
 
 def _streaming(events: AsyncIterator[bytes]) -> sse.EventStream:

@@ -200,6 +200,17 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self._metrics = metrics
+        # Each (path label, status) pair's children, looked up once: at most 8 labels times 500 statuses.
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def _observe(self, label: str, status: int, seconds: float) -> None:
+        children = self._children.get((label, status))
+        if children is None:
+            metrics = self._metrics
+            children = (metrics.requests.labels(label, str(status)), metrics.latency.labels(label))
+            self._children[(label, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,8 +221,7 @@ class MetricsMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self._metrics.requests.labels(label, str(message["status"])).inc()
-                self._metrics.latency.labels(label).observe(time.perf_counter() - started)
+                self._observe(label, message["status"], time.perf_counter() - started)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

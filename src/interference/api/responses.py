@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import ContextLengthExceeded, InterferenceError, InvalidRequest, NotFound, UnsupportedParameter
 from ..protocol import ChatCompletionRequest, ParamError, ResponseRequest
@@ -35,7 +35,7 @@ from . import sse
 from .errors import error_body, validation_error
 from .request_log import RequestRecord
 from .responses_output import ResponseBuilder
-from .serving import UsageTally, guarded, iter_all, open_stream, settle_usage
+from .serving import FastJSONResponse, UsageTally, guarded, iter_all, open_stream, settle_usage
 from .shutdown import Shutdown
 
 __all__ = ["DROPPED_TOOLS_HEADER", "ResponseServing"]
@@ -71,7 +71,8 @@ class ResponseServing:
                 "responses: left out hosted tools this backend cannot run: %s", ", ".join(plan.dropped_tools)
             )
         builder = ResponseBuilder(request, plan.names, previous_id=request.previous_response_id)
-        kept = [_item_dict(item) for item in items]
+        storing = self._store is not None and request.store is not False
+        kept = [_item_dict(item) for item in items] if storing else []  # dumped only to be stored
         if not request.stream:
             tally = UsageTally()
             try:
@@ -85,7 +86,7 @@ class ResponseServing:
             builder.close()
             final = builder.final(tally.usage)
             await self._save(request, final, kept, owner)
-            return JSONResponse(final, headers=headers)
+            return FastJSONResponse(final, headers=headers)
         events = self._events(builder, first, stream, request, (kept, owner), record)
         return sse.EventStream(events, headers=headers)
 

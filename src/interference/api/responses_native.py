@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import InterferenceError, UpstreamProtocolError
 from ..protocol import ResponseRequest
@@ -22,7 +22,7 @@ from ..state import ResponseStore
 from . import sse
 from .errors import error_body
 from .request_log import RequestRecord
-from .serving import guarded, iter_all, open_stream
+from .serving import FastJSONResponse, guarded, iter_all, open_stream
 from .shutdown import Shutdown
 
 __all__ = ["NativeResponseServing"]
@@ -55,7 +55,7 @@ class NativeResponseServing:
             _settle(record, final)
             if keep and final.get("status") in ("completed", "incomplete"):
                 await self._save(final, items, owner)
-            return JSONResponse(final)
+            return FastJSONResponse(final)
 
         async def frames() -> AsyncIterator[bytes]:
             async for event in iter_all(first, events):

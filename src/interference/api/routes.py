@@ -26,7 +26,7 @@ from ..protocol import (
     ResponseRequest,
 )
 from ..protocol.wire import WireModel
-from .access import caller_of
+from .access import PARSED_BODY_KEY, caller_of
 from .cancellation import with_cancellation
 from .errors import validation_error
 from .models import model_card, model_list
@@ -56,7 +56,7 @@ class _Route:
 
 async def _parse(request: Request, model: type[M]) -> M:
     body = await request.body()
-    parsed, wire = _validated(body, model)
+    parsed, wire = _validated(body, model, request.scope.get("state", {}).get(PARSED_BODY_KEY))
     if isinstance(parsed, WireModel):
         # An upstream gets this object, with the model replaced, instead of a dump of the models.
         parsed.set_wire_body(wire)
@@ -68,7 +68,9 @@ async def _parse(request: Request, model: type[M]) -> M:
     return parsed
 
 
-def _validated(body: bytes, model: type[M]) -> tuple[M, bytes | dict[str, Any]]:
+def _validated(
+    body: bytes, model: type[M], parsed: tuple[bytes, Any] | None = None
+) -> tuple[M, bytes | dict[str, Any]]:
     """The body as ``model``, and the JSON object it came from (or the bytes, when that is not kept).
 
     orjson's object validated in Python mode costs half of pydantic's own JSON parsing on an agent's
@@ -77,7 +79,8 @@ def _validated(body: bytes, model: type[M]) -> tuple[M, bytes | dict[str, Any]]:
     JSON parser (lone surrogates, integers past 64 bits, arrays for tuples) stays as it was.
     """
     try:
-        data = orjson.loads(body)
+        # Parsed already when a key's limits needed the body's model (the same bytes, read once).
+        data = parsed[1] if parsed is not None and parsed[0] == body else orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
     else:

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
+from starlette.responses import JSONResponse
+
 from ..errors import InterferenceError
 from ..providers.base import Delta, TokenUsage, aclose_stream
 from . import sse
@@ -17,6 +20,7 @@ from .shutdown import Shutdown
 
 __all__ = [
     "ChunkEnvelope",
+    "FastJSONResponse",
     "Folded",
     "UsageTally",
     "guarded",
@@ -25,6 +29,15 @@ __all__ = [
     "sse_frames",
     "usage_dict",
 ]
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response written by orjson: Starlette's own uses the standard library, which took 0.1 ms
+    for a Responses answer that echoes an agent's instructions and tools."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
 
 logger = logging.getLogger(__name__)
 
