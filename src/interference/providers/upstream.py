@@ -25,9 +25,12 @@ from ..protocol import (
     CompletionRequest,
     CountTokensRequest,
     EmbeddingRequest,
+    MessagesRequest,
+    ParamError,
     SamplingFields,
     WireModel,
 )
+from ..protocol.anthropic_openai import chat_request
 from ..settings import UpstreamDeployment
 from .base import Delta, Embeddings, chat_from_messages
 from .http_upstream import Call, HttpUpstream, UpstreamPool, json_object, loads
@@ -53,6 +56,16 @@ class UpstreamProvider(HttpUpstream):
 
     def chat(self, request: ChatCompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         return self._iter_deltas(request, model, "chat")
+
+    def messages(self, request: MessagesRequest, *, model: str) -> AsyncIterator[Delta]:
+        """Translated to a chat body that is sent as it is: it comes from a validated request, and
+        validating it again as a chat request cost about 70 us on an agent's 118 KB request. What the
+        upstream refuses in it comes back as its 4xx."""
+        try:
+            body = chat_request(request)
+        except ParamError as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
+        return self._iter_body(body, model, "chat", stream=bool(request.stream))
 
     def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         return self._iter_deltas(request, model, "text")
@@ -106,10 +119,18 @@ class UpstreamProvider(HttpUpstream):
         body["model"] = model
         return self._post(self._urls[kind], body)
 
-    async def _iter_deltas(self, request: SamplingFields, model: str, kind: Kind) -> AsyncIterator[Delta]:
-        async with self._open(self._request(kind, request, model)) as response:
+    def _iter_deltas(self, request: SamplingFields, model: str, kind: Kind) -> AsyncIterator[Delta]:
+        wire = request.wire_body()
+        # The JSON as sent, when it was kept: dumping the models again costs as much as parsing them.
+        body = wire if wire is not None else request.model_dump(exclude_unset=True, by_alias=True)
+        return self._iter_body(body, model, kind, stream=bool(request.stream))
+
+    async def _iter_body(
+        self, body: dict[str, Any], model: str, kind: Kind, *, stream: bool
+    ) -> AsyncIterator[Delta]:
+        async with self._open(self._post(self._urls[kind], {**body, "model": model})) as response:
             content_type = response.headers.get("content-type", "")
-            if request.stream and not content_type.startswith("application/json"):
+            if stream and not content_type.startswith("application/json"):
                 events = ChunkStream(kind, redact=self._redact)
                 async for batch in self._iter_data(response):
                     for data in batch:
