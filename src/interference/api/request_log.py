@@ -9,7 +9,6 @@ response is over, as text or as one JSON object.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..protocol import random_hex
 from ..providers.base import TokenUsage
 
 __all__ = ["HEADER", "RequestIdMiddleware", "RequestRecord", "record_of", "route_of"]
@@ -61,7 +61,7 @@ def _request_id(scope: Scope) -> str:
             if _CLIENT_ID.fullmatch(given):
                 return given
             break
-    return os.urandom(16).hex()
+    return random_hex()
 
 
 def route_of(scope: Scope) -> str:

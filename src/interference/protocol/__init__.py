@@ -46,7 +46,7 @@ from .responses import (
     parse_items,
     response_item_id,
 )
-from .wire import ParamError, WireModel, new_id
+from .wire import ParamError, WireModel, new_id, random_hex
 
 __all__ = [
     "MAX_EMBEDDING_INPUTS",
@@ -83,5 +83,6 @@ __all__ = [
     "WireModel",
     "new_id",
     "parse_items",
+    "random_hex",
     "response_item_id",
 ]

@@ -7,12 +7,11 @@ module imports nothing else from the package.
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, PrivateAttr, Tag, model_validator
 
-from .wire import ParamError, WireModel, joined_text
+from .wire import ParamError, WireModel, joined_text, random_hex
 
 __all__ = [
     "KNOWN_BLOCK_TYPES",
@@ -36,7 +35,7 @@ KNOWN_BLOCK_TYPES = frozenset({"text", "image", "tool_use", "tool_result", "thin
 
 def anthropic_id(prefix: str) -> str:
     """An Anthropic-style id such as ``msg_01…`` or ``toolu_01…``."""
-    return f"{prefix}_01{uuid.uuid4().hex[:22]}"
+    return f"{prefix}_01{random_hex(22)}"
 
 
 class TextBlock(WireModel):

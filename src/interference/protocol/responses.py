@@ -8,13 +8,12 @@ serves /v1/responses itself gets them untouched, and translation leaves them out
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator
 
 from .openai import Probability, Temperature
-from .wire import WireModel
+from .wire import WireModel, random_hex
 
 __all__ = [
     "CustomTool",
@@ -38,7 +37,7 @@ __all__ = [
 
 def response_item_id(prefix: str) -> str:
     """An id as the Responses API writes them: ``resp_…``, ``msg_…``."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{random_hex()}"
 
 
 # ---------------------------------------------------------------------------- content parts

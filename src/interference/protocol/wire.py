@@ -5,20 +5,27 @@ This module imports nothing else from the package.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ParamError", "WireModel", "joined_text", "new_id", "now"]
+__all__ = ["ParamError", "WireModel", "joined_text", "new_id", "now", "random_hex"]
+
+
+def random_hex(digits: int = 32) -> str:
+    """``digits`` random hex digits for an id (at most 32). Ids name objects and are no secret (a stored
+    response is found only with its owner's key), so they come from the process's pseudo-random
+    generator, which is reseeded in a forked child: no system call per id."""
+    return f"{random.getrandbits(128):032x}"[:digits]
 
 
 def new_id(prefix: str) -> str:
     """An OpenAI-style object id such as ``chatcmpl-3f2a…``."""
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    return f"{prefix}-{random_hex(24)}"
 
 
 def now() -> int:

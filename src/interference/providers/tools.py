@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import Any
 
 from ..protocol import (
@@ -23,6 +22,7 @@ from ..protocol import (
     NamedToolChoice,
     Tool,
     ToolMessage,
+    random_hex,
 )
 
 __all__ = [
@@ -203,7 +203,7 @@ def call_schema(request: ChatCompletionRequest, *, one: bool = False) -> dict[st
 
 def _call(name: str, arguments: Any) -> dict[str, Any]:
     return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "id": f"call_{random_hex(24)}",
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
     }
