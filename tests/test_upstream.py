@@ -24,6 +24,7 @@ from interference.errors import (
     UpstreamTimeout,
 )
 from interference.protocol import ChatCompletionRequest, CompletionRequest, MessagesRequest
+from interference.protocol.wire import with_model
 from interference.providers.base import Delta, chat_from_messages
 from interference.providers.upstream import UpstreamPool, UpstreamProvider
 from interference.settings import OpenAIDeployment
@@ -387,3 +388,57 @@ def test_the_shared_client_is_closed_once_by_its_last_user() -> None:
 def test_name_hides_credentials_in_the_url() -> None:
     provider, _ = _provider(lambda _: httpx.Response(200), base_url="https://user:pw@upstream.test:8443/v1")
     assert provider.name == "https://upstream.test:8443/v1"
+
+
+def test_the_client_s_bytes_are_forwarded_with_only_the_model_s_name_changed() -> None:
+    """Kept bytes go out as they came (spacing, escapes, key order, non-ASCII text), the top-level
+    model's value replaced; a document where that cannot be done for certain is written anew."""
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+        return httpx.Response(200, json={"choices": [choice]})
+
+    kept = (
+        b'{"messages":[{"role":"user","content":"caf\\u00e9 \xe2\x80\x94 ok"}],  "model" :  "public" ,"n":1}'
+    )
+    twice = b'{"model":"public","messages":[{"role":"user","content":"x"}],"metadata":{"model":"m"}}'
+    requests = []
+    for raw in (kept, twice):
+        chat = ChatCompletionRequest.model_validate_json(raw)
+        chat.set_wire_body(orjson.loads(raw), raw=raw)
+        requests.append(chat)
+
+    async def scenario() -> None:
+        provider, _ = _provider(handler)
+        await provider.start()
+        for request in requests:
+            [d async for d in provider.chat(request, model='up"stream')]
+        await provider.aclose()
+
+    run(scenario())
+    assert seen[0] == kept.replace(b'"public"', b'"up\\"stream"')
+    assert orjson.loads(seen[1]) == {**orjson.loads(twice), "model": 'up"stream'}
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent", "expected"),
+    [
+        (b'{"model":"a","x":1}', "a", b'{"model":"b","x":1}'),
+        (b'{"x":[1,{"y":"z"}],\n  "model"\t:\r "a"\n}', "a", b'{"x":[1,{"y":"z"}],\n  "model"\t:\r "b"\n}'),
+        (
+            b'{"x":"say \\"model\\": \\"a\\"","model":"a"}',
+            "a",
+            b'{"x":"say \\"model\\": \\"a\\"","model":"b"}',
+        ),
+        (b'{"model":"a\\u0041"}', "aA", b'{"model":"b"}'),
+        (b'{"model":"a","model":"c"}', "c", None),  # a duplicate key: the parser kept the last
+        (b'{"role":"model","model":"a"}', "a", None),  # "model" twice in the document
+        (b'{"model":"a"}', "other", None),  # not the value the request was validated with
+        (b'{"model":7}', 7, None),
+        (b'{"x":1}', None, None),
+    ],
+)
+def test_with_model(raw: bytes, sent: object, expected: bytes | None) -> None:
+    assert with_model(raw, sent, "b") == expected

@@ -59,7 +59,7 @@ async def _parse(request: Request, model: type[M]) -> M:
     parsed, wire = _validated(body, model, request.scope.get("state", {}).get(PARSED_BODY_KEY))
     if isinstance(parsed, WireModel):
         # An upstream gets this object, with the model replaced, instead of a dump of the models.
-        parsed.set_wire_body(wire)
+        parsed.set_wire_body(wire, raw=body if isinstance(wire, dict) else None)
         caller = caller_of(request.scope)
         if caller is not None and caller.name is not None:
             parsed.set_tenant(caller.name)

@@ -6,6 +6,7 @@ This module imports nothing else from the package.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ParamError", "WireModel", "joined_text", "new_id", "now", "random_hex"]
+__all__ = ["ParamError", "WireModel", "joined_text", "new_id", "now", "random_hex", "with_model"]
 
 
 def random_hex(digits: int = 32) -> str:
@@ -68,12 +69,24 @@ class WireModel(BaseModel):
     def set_tenant(self, tenant: str) -> None:
         self._set_private("tenant", tenant)
 
-    def set_wire_body(self, body: bytes | dict[str, Any]) -> None:
-        """The JSON this request was validated from (bytes, or the object): see ``wire_body``.
+    def set_wire_body(self, body: bytes | dict[str, Any], raw: bytes | None = None) -> None:
+        """The JSON this request was validated from (bytes, or the object): see ``wire_body``; and
+        the bytes that object was parsed from, when they are at hand: see ``wire_bytes``.
 
         Only for a request that is not changed afterwards: the wire body is forwarded in its place.
         """
         self._set_private("wire", body)
+        if raw is not None:
+            self._set_private("raw", raw)
+
+    def wire_bytes(self, model: str) -> bytes | None:
+        """The request's bytes as sent with the top-level ``model`` replaced (see ``with_model``), or
+        None. Dumping a large request again costs more than parsing it: its non-ASCII text must be
+        encoded anew."""
+        raw, wire = self._private("raw"), self._private("wire")
+        if not isinstance(raw, bytes) or not isinstance(wire, dict):
+            return None
+        return with_model(raw, wire.get("model"), model)
 
     def wire_body(self) -> dict[str, Any] | None:
         """The request as a new top-level JSON object, as sent; None when it was not kept.
@@ -104,6 +117,32 @@ class WireModel(BaseModel):
             object.__setattr__(self, "__pydantic_private__", {name: value})
         else:
             private[name] = value
+
+
+_MODEL_KEY = b'"model"'
+_STRING_VALUE = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*("(?:[^"\\]|\\.)*")')
+
+
+def with_model(raw: bytes, sent: object, model: str) -> bytes | None:
+    """``raw``, a JSON object whose top-level ``"model"`` is the string ``sent``, with that value
+    replaced by ``model``; the rest of the bytes as they were.
+
+    Only when ``"model"`` occurs once in the whole document, followed by a colon and a string equal
+    to ``sent``: then that occurrence is the top-level key (a ``"`` inside a string is escaped, so
+    the sequence cannot hide in one). Otherwise None, and the caller writes the object anew.
+    """
+    at = raw.find(_MODEL_KEY)
+    if at < 0 or raw.find(_MODEL_KEY, at + len(_MODEL_KEY)) >= 0 or not isinstance(sent, str):
+        return None
+    value = _STRING_VALUE.match(raw, at + len(_MODEL_KEY))
+    if value is None:
+        return None
+    try:
+        if orjson.loads(value.group(1)) != sent:
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    return raw[: value.start(1)] + orjson.dumps(model) + raw[value.end(1) :]
 
 
 def joined_text(content: str | Iterable[Any] | None, part: type[Any]) -> str:

@@ -65,7 +65,8 @@ class UpstreamProvider(HttpUpstream):
             body = chat_request(request)
         except ParamError as exc:
             raise InvalidRequest(str(exc), param=exc.param) from None
-        return self._iter_body(body, model, "chat", stream=bool(request.stream))
+        body["model"] = model
+        return self._iter_call(self._post(self._urls["chat"], body), "chat", stream=bool(request.stream))
 
     def complete(self, request: CompletionRequest, *, model: str) -> AsyncIterator[Delta]:
         return self._iter_deltas(request, model, "text")
@@ -113,22 +114,23 @@ class UpstreamProvider(HttpUpstream):
 
     def _request(self, kind: str, request: BaseModel, model: str) -> Call:
         """The upstream call: the client's fields as sent (extras included), ``model`` replaced."""
-        wire = request.wire_body() if isinstance(request, WireModel) else None
+        if isinstance(request, WireModel):
+            raw = request.wire_bytes(model)
+            if raw is not None:  # the client's own bytes, only the model's name changed
+                return Call(self._urls[kind], raw, None)
+            wire = request.wire_body()
+        else:
+            wire = None
         # The JSON as sent, when it was kept: dumping the models again costs as much as parsing them.
         body = wire if wire is not None else request.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = model
         return self._post(self._urls[kind], body)
 
     def _iter_deltas(self, request: SamplingFields, model: str, kind: Kind) -> AsyncIterator[Delta]:
-        wire = request.wire_body()
-        # The JSON as sent, when it was kept: dumping the models again costs as much as parsing them.
-        body = wire if wire is not None else request.model_dump(exclude_unset=True, by_alias=True)
-        return self._iter_body(body, model, kind, stream=bool(request.stream))
+        return self._iter_call(self._request(kind, request, model), kind, stream=bool(request.stream))
 
-    async def _iter_body(
-        self, body: dict[str, Any], model: str, kind: Kind, *, stream: bool
-    ) -> AsyncIterator[Delta]:
-        async with self._open(self._post(self._urls[kind], {**body, "model": model})) as response:
+    async def _iter_call(self, call: Call, kind: Kind, *, stream: bool) -> AsyncIterator[Delta]:
+        async with self._open(call) as response:
             content_type = response.headers.get("content-type", "")
             if stream and not content_type.startswith("application/json"):
                 events = ChunkStream(kind, redact=self._redact)
