@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import struct
 import threading
@@ -13,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from interference.providers.http1 import Http1Transport
+from interference.providers.http1 import Http1Transport, raw_chunks
+from interference.providers.http_upstream import read_body
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns False to close the connection
 
@@ -335,3 +337,50 @@ def test_other_requests_go_to_the_fallback() -> None:
 
     run(scenario())
     assert seen == ["POST https", "HEAD http"]
+
+
+def test_post_writes_ready_headers_and_plain_bodies_are_read_raw() -> None:
+    """The gateway's own calls: ready header lines, Host and Content-Length added, the body as given;
+    a plain answer is read straight off the connection."""
+
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok(b'{"ok": true}'))
+        return True
+
+    async def scenario() -> None:
+        transport = Http1Transport(fallback=httpx.AsyncHTTPTransport())
+        async with Server(reply) as server:
+            for _ in range(2):
+                response = await transport.post(httpx.URL(server.url), b"a: b\r\n", b'{"x": 1}', {"read": 5})
+                assert isinstance(response.stream, httpx.AsyncByteStream)
+                assert "content-encoding" not in response.headers
+                assert await read_body(response) == b'{"ok": true}'
+                await response.aclose()
+            assert server.connections == 1  # read whole and closed: the connection went back to the pool
+            assert server.requests[0] == (
+                b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 8\r\na: b\r\n\r\n"
+                % server.port
+                + b'{"x": 1}'
+            )
+        await transport.aclose()
+
+    run(scenario())
+
+
+def test_an_encoded_body_is_decoded() -> None:
+    body = gzip.compress(b'{"ok": true}')
+
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(ok(body, b"content-encoding: gzip"))
+        return True
+
+    async def scenario() -> None:
+        transport = Http1Transport(fallback=httpx.AsyncHTTPTransport())
+        async with Server(reply) as server:
+            response = await transport.post(httpx.URL(server.url), b"", b"{}", {"read": 5})
+            assert raw_chunks(response) is None
+            assert await read_body(response) == b'{"ok": true}'
+            await response.aclose()
+        await transport.aclose()
+
+    run(scenario())

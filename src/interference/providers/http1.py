@@ -34,7 +34,7 @@ from typing import Any
 import httptools
 import httpx
 
-__all__ = ["Http1Transport"]
+__all__ = ["Http1Transport", "raw_chunks"]
 
 _HIGH_WATER = 1 << 20  # buffered response bytes before we stop reading from the socket
 _LOW_WATER = 1 << 18
@@ -231,6 +231,15 @@ class _Body(httpx.AsyncByteStream):
         if not self._closed:
             self._closed = True
             self._transport.release(self._origin, self._conn)
+
+
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes] | None:
+    """The body's pieces straight from this transport's connection, past httpx's decoders and
+    counters, when nothing needs decoding; None otherwise (another transport, a content encoding)."""
+    stream = response.stream
+    if isinstance(stream, _Body) and "content-encoding" not in response.headers:
+        return stream.__aiter__()
+    return None
 
 
 class Http1Transport(httpx.AsyncBaseTransport):

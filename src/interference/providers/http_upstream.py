@@ -47,10 +47,10 @@ from ..errors import (
 )
 from ..settings import UpstreamDeployment
 from .base import MessageEvent, Provider
-from .http1 import Http1Transport
+from .http1 import Http1Transport, raw_chunks
 from .sse import SSEDecoder
 
-__all__ = ["Call", "HttpUpstream", "UpstreamPool", "json_object", "loads", "nonempty_str"]
+__all__ = ["Call", "HttpUpstream", "UpstreamPool", "json_object", "loads", "nonempty_str", "read_body"]
 
 # No cap on connections: admission is the upstream's job (it answers 429), and a local pool limit
 # would turn our own queueing into timeouts that put a healthy upstream in cooldown.
@@ -180,7 +180,7 @@ class HttpUpstream(Provider):
     async def _read(self, call: Call) -> bytes:
         """The whole 2xx body of one call."""
         async with self._open(call) as response:
-            return await response.aread()
+            return await read_body(response)
 
     async def _read_object(self, call: Call) -> dict[str, Any]:
         """The whole 2xx body of one call, which must be a JSON object."""
@@ -191,7 +191,7 @@ class HttpUpstream(Provider):
         """The ``data`` payloads of an event-stream body, those of each chunk read together (one
         await per chunk, not per event)."""
         decoder = SSEDecoder()
-        async for chunk in response.aiter_bytes():
+        async for chunk in raw_chunks(response) or response.aiter_bytes():
             if batch := decoder.decode(chunk):
                 yield batch
         if rest := decoder.flush():
@@ -289,6 +289,14 @@ class Call:
 
 def _header_lines(headers: dict[str, str]) -> bytes:
     return b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """A response's whole body (decoded, if it came encoded)."""
+    chunks = raw_chunks(response)
+    if chunks is None:
+        return await response.aread()
+    return b"".join([chunk async for chunk in chunks])
 
 
 def loads(data: str | bytes) -> Any:

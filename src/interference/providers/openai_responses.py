@@ -18,7 +18,7 @@ import httpx
 from ..errors import UpstreamError, UpstreamStatusError
 from ..settings import OpenAIDeployment
 from .base import MessageEvent
-from .http_upstream import UpstreamPool, json_object
+from .http_upstream import UpstreamPool, json_object, read_body
 from .upstream import UpstreamProvider
 
 __all__ = ["ResponsesUpstreamProvider"]
@@ -41,7 +41,7 @@ class ResponsesUpstreamProvider(UpstreamProvider):
     ) -> AsyncIterator[MessageEvent]:
         async with self._open(self._post(self._responses_url, {**body, "model": model})) as response:
             if not stream or response.headers.get("content-type", "").startswith("application/json"):
-                yield MessageEvent("response", json_object(await response.aread()))
+                yield MessageEvent("response", json_object(await read_body(response)))
                 return
             async for event in self._iter_typed_events(response, terminal=_TERMINAL, error=_event_error):
                 yield event

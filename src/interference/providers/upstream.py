@@ -33,7 +33,7 @@ from ..protocol import (
 from ..protocol.anthropic_openai import chat_request
 from ..settings import UpstreamDeployment
 from .base import Delta, Embeddings, chat_from_messages
-from .http_upstream import Call, HttpUpstream, UpstreamPool, json_object, loads
+from .http_upstream import Call, HttpUpstream, UpstreamPool, json_object, loads, read_body
 from .openai_wire import ChunkStream, Kind, whole_deltas
 from .upstream_embeddings import embeddings_from_body
 
@@ -141,5 +141,5 @@ class UpstreamProvider(HttpUpstream):
                 for delta in events.end():
                     yield delta
             else:
-                for delta in whole_deltas(json_object(await response.aread()), kind):
+                for delta in whole_deltas(json_object(await read_body(response)), kind):
                     yield delta
