@@ -65,7 +65,7 @@ def test_blocks_become_chat_messages() -> None:
             "role": "assistant",
             "content": "calling",
             "tool_calls": [
-                {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+                {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": '{"x":1}'}}
             ],
         },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "2"},
@@ -185,7 +185,7 @@ def test_anthropic_answers_become_chat() -> None:
     }
     choice = chat_choice(whole)
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "a"
-    assert choice["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x": 1}'}
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x":1}'}
     translator = EventTranslator()
     events = [
         {"type": "message_start", "message": {"usage": {"input_tokens": 5, "cache_read_input_tokens": 2}}},

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from .anthropic import (
     CountTokensRequest,
     ImageBlock,
@@ -107,7 +109,7 @@ def _assistant_message(content: list[Any], where: str) -> dict[str, Any]:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolUseBlock):
-            arguments = json.dumps(block.input, ensure_ascii=False)
+            arguments = orjson.dumps(block.input).decode()
             calls.append(
                 {"id": block.id, "type": "function", "function": {"name": block.name, "arguments": arguments}}
             )
@@ -353,7 +355,7 @@ def chat_choice(message: dict[str, Any]) -> dict[str, Any]:
         elif block.get("type") == "thinking":
             thoughts.append(str(block.get("thinking", "")))
         elif block.get("type") == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append(
                 {
                     "id": block.get("id"),
