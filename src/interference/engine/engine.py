@@ -51,6 +51,7 @@ class EngineConfig:
     threads: int = 0  # 0: physical cores
     parallel: int = 8
     batch_size: int = 512
+    step_target_ms: int = 1000  # a step beside running streams aims at this long (0: no time target)
     max_queue: int = 64
     cache_type: str = "f16"  # KV cache element type: f16, q8_0 or q4_0
     repack: bool = False  # weights in llama.cpp's extra (repacked) buffer types: see cpu.py
@@ -103,6 +104,7 @@ class Engine:
             self.runtime,
             n_slots=config.parallel,
             prefill_chunk=config.batch_size,
+            step_target=config.step_target_ms / 1000,
             max_queue=config.max_queue,
             request_timeout=config.request_timeout,
             cache_bytes=config.cache_ram * 2**20,

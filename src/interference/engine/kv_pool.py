@@ -7,8 +7,9 @@ slice, so the scheduler keeps the books itself, once per step:
 - the cells in use are the tokens every slot holds (idle slots keep their KV for prefix reuse);
 - when the step needs more cells than are free, idle slots give theirs back, least recently used first,
   each saved to the prompt cache first when it has one;
-- prompts are prefilled in arrival order, and a prompt starts (or goes on) only when what is left of it
-  fits beside the remainder of the prompts ahead of it: prefills never deadlock each other;
+- prompts are prefilled in the prefill policy's order (prefill.py), and a prompt starts (or goes on)
+  only when what is left of it fits beside the remainder of the prompts ahead of it: prefills never
+  deadlock each other;
 - if the generating streams alone outgrow the pool, the longest is finished with "length".
 """
 
@@ -45,7 +46,8 @@ class KvPool:
         return self.free()
 
     def prefill_order(self, active: list[Slot]) -> list[tuple[Slot, Job, int]]:
-        """Jobs that still have prompt to evaluate, oldest first, with how much is left of it."""
+        """Jobs that still have prompt to evaluate, oldest first, with how much is left of it (the prefill
+        policy reorders them)."""
         out = []
         for slot in sorted(active, key=lambda s: s.job.handle.deadline if s.job else 0.0):
             job = slot.job

@@ -21,6 +21,7 @@ from .disk_cache import DiskCache
 from .handle import EngineUnavailable, QueueFull, RequestHandle, WaitQueue, estimate_wait
 from .kv_pool import KvPool
 from .placement import Placement
+from .prefill import PrefillPolicy
 from .profile import StepProfile
 from .sampling import CandidateBuffer, Sampler
 from .slots import EngineStats, Job, Phase, Slot, sample_row, take_logprobs
@@ -29,8 +30,6 @@ from .types import EngineOutput, EngineRequest, FinishReason
 __all__ = ["EngineStats", "EngineUnavailable", "QueueFull", "RequestHandle", "Scheduler"]
 
 logger = logging.getLogger(__name__)
-
-MIN_PREFILL = 32
 
 
 class Scheduler:
@@ -42,6 +41,7 @@ class Scheduler:
         *,
         n_slots: int,
         prefill_chunk: int,
+        step_target: float = 0.0,
         max_queue: int,
         request_timeout: float,
         cache_bytes: int = 0,
@@ -51,7 +51,7 @@ class Scheduler:
         self._rt = runtime
         self._disk = disk
         self._slots = [Slot(seq=i) for i in range(n_slots)]
-        self._prefill_chunk = max(1, min(prefill_chunk, runtime.n_batch))
+        self._prefill = PrefillPolicy(n_batch=runtime.n_batch, chunk=prefill_chunk, step_target=step_target)
         self._timeout = request_timeout
         self._waiting = WaitQueue(n_slots=n_slots, max_waiting=max_queue)
         self._candidates = CandidateBuffer(runtime.n_vocab)
@@ -310,17 +310,11 @@ class Scheduler:
                 job.row = rt.batch_add(job.pending, len(slot.tokens), slot.seq, logits=True)
                 job.added = 1
                 n_decode += 1
-        # Alone, a prompt may fill the whole batch; beside decoding streams it gets one chunk per step
-        # (never less than MIN_PREFILL tokens, so waiting prompts progress however many streams decode).
-        budget = (rt.n_batch if n_decode == 0 else self._prefill_chunk) - n_decode
-        budget = max(budget, min(MIN_PREFILL, rt.n_batch - n_decode))
-        room = free - n_decode  # cells left in the pool for prompts, reserved in arrival order
-        for slot, job, left in self._pool.prefill_order(active):
-            room -= left
-            if room < 0 or budget <= 0:
-                continue  # it waits for room: the prompts ahead of it keep theirs
+        # How much of which prompts this step evaluates: engine/prefill.py.
+        room = free - n_decode  # cells left in the pool for prompts
+        prompts = [((slot, job), left, job.started) for slot, job, left in self._pool.prefill_order(active)]
+        for (slot, job), take in self._prefill.plan(n_decode, prompts, room, time.monotonic()):
             prompt = job.handle.request.prompt
-            take = min(left, budget)
             pos = len(slot.tokens)
             for k in range(take):
                 last = job.cursor + k == len(prompt) - 1
@@ -328,7 +322,6 @@ class Scheduler:
                 if last:
                     job.row = row
             job.added = take
-            budget -= take
 
         # The last step's outputs go to the event loop now, so its work (framing, socket writes) runs
         # while llama_decode holds no GIL, instead of holding up this thread between steps.
@@ -340,6 +333,8 @@ class Scheduler:
             rc = rt.decode()  # no contiguous room for the batch: idle slots gave theirs back, once more
         decoded = time.perf_counter()
         self.stats.decode_seconds += decoded - started
+        if rc == 0:
+            self._prefill.observe(n_decode, rt.batch_size - n_decode, decoded - started)
         self.stats.steps += 1
         if prof is not None:
             prof.steps += 1

@@ -62,6 +62,7 @@ def load_engine(
             threads=options.threads,
             parallel=options.parallel,
             batch_size=options.batch_size,
+            step_target_ms=options.step_target_ms,
             max_queue=options.max_queue,
             cache_type=options.cache_type,
             cache_ram=options.cache_ram,

@@ -22,6 +22,9 @@ class EngineOptions(Frozen):
     """sequences decoded together (default: 8)"""
     batch_size: Annotated[int, Field(ge=16), flag("-b", "--batch-size", metavar="N")] = 512
     """prompt tokens evaluated per step beside running streams (default: 512)"""
+    step_target_ms: Annotated[Count, flag("--step-target-ms", metavar="MS")] = 1000
+    """a step beside running streams carries fewer prompt tokens when its measured cost says it would
+    take longer than this (their inter-token latency); 0: always --batch-size (default: 1000)"""
     max_queue: Annotated[Count, flag("--max-queue", metavar="N")] = 64
     """requests that may wait for a slot before 429 (default: 64)"""
     cache_type: Annotated[Literal["f16", "q8_0", "q4_0"], flag("--cache-type")] = "f16"
