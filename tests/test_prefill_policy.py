@@ -58,21 +58,19 @@ def test_age_counts_against_length_so_a_long_prompt_is_not_starved() -> None:
     assert [p[0] for p in policy.order([old, ("fresh", 300, 8.0)], now=8.0)] == ["old", "fresh"]
 
 
-def test_a_step_ends_where_a_first_token_comes_out() -> None:
+def test_prompts_fill_the_budget_in_order_the_last_in_part() -> None:
     policy = _policy(n_batch=512)
-    # Alone: the first prompt finishes in this step; the next would not, so it starts in the next step.
-    assert policy.plan(0, [("a", 300, 1.0), ("b", 300, 2.0)], room=10_000, now=2.0) == [("a", 300)]
-    # Whole prompts while they fit.
+    two = [("a", 300, 1.0), ("b", 300, 2.0)]
+    assert policy.plan(0, two, room=10_000, now=2.0) == [("a", 300), ("b", 212)]
     three = [("a", 100, 1.0), ("b", 150, 2.0), ("c", 200, 3.0), ("d", 400, 4.0)]
-    assert policy.plan(0, three, room=10_000, now=4.0) == [("a", 100), ("b", 150), ("c", 200)]
+    assert policy.plan(0, three, room=10_000, now=4.0) == [("a", 100), ("b", 150), ("c", 200), ("d", 62)]
     # A prompt longer than the budget goes on alone, a budget at a time.
     assert policy.plan(0, [("long", 5000, 1.0)], room=10_000, now=1.0) == [("long", 512)]
     assert policy.plan(4, [("long", 5000, 1.0)], room=10_000, now=1.0) == [("long", 508)]
-    # A prompt that would not finish is passed over for a later one that does.
+    # Shortest first: an old long prompt comes after fresh short ones until its age catches up.
     policy.observe(0, 100, 1.0)  # 100 prompt tokens a second: x's age puts it before y
     mixed = [("w", 50, 5.0), ("x", 480, 1.0), ("y", 100, 5.0)]
-    assert [p[0] for p in policy.order(mixed, now=5.0)] == ["w", "x", "y"]
-    assert policy.plan(0, mixed, room=10_000, now=5.0) == [("w", 50), ("y", 100)]
+    assert policy.plan(0, mixed, room=10_000, now=5.0) == [("w", 50), ("x", 462)]
 
 
 def test_kv_room_is_reserved_in_the_policys_order() -> None:

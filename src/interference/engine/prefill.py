@@ -14,9 +14,9 @@ in it come out. Per step:
   one after another instead of all at the end. A prompt's age counts against its length at the
   measured prefill rate (a prompt that has waited as long as ``n`` tokens take counts ``n`` tokens
   shorter), so a long prompt is overtaken for about its own prefill time at most, never starved.
-- **Boundaries.** Prompts are taken whole while they fit in the budget. A prompt that cannot finish
-  in this step starts (or goes on) only when no prompt finishes in it: a step ends where a first
-  token comes out, instead of holding it back for the start of the next prompt.
+- **Filling.** Prompts fill the budget in that order, the last one in part. Ending a step where a
+  first token comes out (leaving the rest of the budget unused) was measured and made storms slower:
+  the decoding streams beside the prompts then free their slots later.
 - **KV room.** Cells are reserved in that same order: a prompt starts (or goes on) only when what is
   left of it fits beside what is left of the prompts ahead of it, so prefills never deadlock.
 
@@ -84,16 +84,11 @@ class PrefillPolicy:
         are reserved in the policy's order, and the budget is spent as the module docstring says."""
         budget = self.budget(n_decode)
         out: list[tuple[T, int]] = []
-        finished = False
         for item, left, _ in self.order(prompts, now):
             room -= left
             if room < 0 or budget <= 0:
                 break  # it waits for room: the prompts ahead of it keep theirs
-            if left <= budget:
-                out.append((item, left))
-                budget -= left
-                finished = True
-            elif not finished:
-                out.append((item, budget))
-                budget = 0
+            take = min(left, budget)
+            out.append((item, take))
+            budget -= take
         return out
