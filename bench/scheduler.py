@@ -6,8 +6,9 @@ Workloads (each repeated ``--reps`` times; ``--quick``: one repetition and small
   time, the two servers taking each request in alternation → median TTFT;
 - ``storm``: N new conversations at once on 8 slots → median and p95 TTFT;
 - ``steady_c8``: 8 concurrent streams of 128 tokens → aggregate tok/s and inter-token p95;
-- ``agent_turns``: S sessions of a long prompt (a shared ~preamble plus a session part) growing by
-  ~300 tokens a turn, interleaved → the cold turn and turns 2+ TTFT;
+- ``agent_turns``: S sessions of a long prompt (a shared preamble of ~5k tokens plus a session part)
+  growing by ~320 tokens a turn, interleaved → the cold turn and turns 2+ TTFT (the last turn stays
+  within the embedded model's 8192-token context);
 - ``after_restart``: a session's preamble is cached, the server restarts, a new session with the same
   preamble → its TTFT over a cold turn of the same length (interference's ``--cache-disk``; llama-server
   has no automatic equivalent, so its figure is a cold turn);
@@ -61,7 +62,7 @@ WORKLOADS = ("cold_turns", "storm", "steady_c8", "agent_turns", "after_restart",
 
 
 def words(n: int, seed: int) -> str:
-    """About ``n`` tokens of text, different for every seed."""
+    """Text of about ``1.45 * n`` tokens of the embedded model, different for every seed."""
     return " ".join(
         WORDS[(seed * 7 + i * 3 + i * i) % len(WORDS)] + str((seed + i) % 97) for i in range(n // 2)
     )
@@ -201,7 +202,7 @@ def agent_turns(
                 (first if turn == 0 else later)[srv.name].append(res.ttft)
                 messages.append({"role": "assistant", "content": res.text})
                 messages.append(
-                    {"role": "user", "content": f"Tool result {turn}: " + words(300, turn * 10 + k)}
+                    {"role": "user", "content": f"Tool result {turn}: " + words(200, turn * 10 + k)}
                 )
     return {
         s.name: {"cold_turn_ttft_s": median(first[s.name]), "later_turns_ttft_s": median(later[s.name])}
@@ -267,7 +268,7 @@ def cache_metrics(srv: Server) -> dict[str, float]:
 SIZES = {
     "full": {
         "conversations": 24, "storm": 24, "tokens": 128, "sessions": 4, "turns": 6,
-        "agent_prompt": 5000, "restart_prompt": 5000,
+        "agent_prompt": 3450, "restart_prompt": 5000,
     },
     "quick": {
         "conversations": 12, "storm": 12, "tokens": 64, "sessions": 2, "turns": 3,
