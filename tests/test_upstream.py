@@ -219,9 +219,8 @@ def test_forwarded_request_and_headers() -> None:
     assert orjson.loads(request.content) == {"model": "upstream-name", "prompt": "p", "best_of": 2}
 
 
-def test_a_parsed_request_is_forwarded_as_sent_and_a_translated_one_as_translated() -> None:
-    """The JSON as sent (extras, key order, an integer for a float) or the Messages translation,
-    with the model replaced; the client's own object is not changed by it."""
+def _forwarded(requests: list[ChatCompletionRequest], model: str) -> list[bytes]:
+    """The bodies an upstream receives for ``requests`` sent as chat completions to ``model``."""
     seen: list[bytes] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -229,6 +228,20 @@ def test_a_parsed_request_is_forwarded_as_sent_and_a_translated_one_as_translate
         choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
         return httpx.Response(200, json={"choices": [choice]})
 
+    async def scenario() -> None:
+        provider, _ = _provider(handler)
+        await provider.start()
+        for request in requests:
+            [d async for d in provider.chat(request, model=model)]
+        await provider.aclose()
+
+    run(scenario())
+    return seen
+
+
+def test_a_parsed_request_is_forwarded_as_sent_and_a_translated_one_as_translated() -> None:
+    """The JSON as sent (extras, key order, an integer for a float) or the Messages translation,
+    with the model replaced; the client's own object is not changed by it."""
     raw = (
         b'{"temperature": 1, "messages": [{"role": "user", "content": "hi", "x_note": [1, 2]}],'
         b' "model": "public", "x_vendor": {"k": true}, "tools": [{"type": "function", "function":'
@@ -241,15 +254,7 @@ def test_a_parsed_request_is_forwarded_as_sent_and_a_translated_one_as_translate
         b' "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'
     )
     translated = chat_from_messages(messages)
-
-    async def scenario() -> None:
-        provider, _ = _provider(handler)
-        await provider.start()
-        for request in (chat, translated):
-            [d async for d in provider.chat(request, model="upstream-name")]
-        await provider.aclose()
-
-    run(scenario())
+    seen = _forwarded([chat, translated], "upstream-name")
     assert [orjson.loads(body) for body in seen] == [
         {**orjson.loads(raw), "model": "upstream-name"},
         {
@@ -393,13 +398,6 @@ def test_name_hides_credentials_in_the_url() -> None:
 def test_the_client_s_bytes_are_forwarded_with_only_the_model_s_name_changed() -> None:
     """Kept bytes go out as they came (spacing, escapes, key order, non-ASCII text), the top-level
     model's value replaced; a document where that cannot be done for certain is written anew."""
-    seen: list[bytes] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.content)
-        choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
-        return httpx.Response(200, json={"choices": [choice]})
-
     kept = (
         b'{"messages":[{"role":"user","content":"caf\\u00e9 \xe2\x80\x94 ok"}],  "model" :  "public" ,"n":1}'
     )
@@ -409,15 +407,7 @@ def test_the_client_s_bytes_are_forwarded_with_only_the_model_s_name_changed() -
         chat = ChatCompletionRequest.model_validate_json(raw)
         chat.set_wire_body(orjson.loads(raw), raw=raw)
         requests.append(chat)
-
-    async def scenario() -> None:
-        provider, _ = _provider(handler)
-        await provider.start()
-        for request in requests:
-            [d async for d in provider.chat(request, model='up"stream')]
-        await provider.aclose()
-
-    run(scenario())
+    seen = _forwarded(requests, 'up"stream')
     assert seen[0] == kept.replace(b'"public"', b'"up\\"stream"')
     assert orjson.loads(seen[1]) == {**orjson.loads(twice), "model": 'up"stream'}
 
