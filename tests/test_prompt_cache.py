@@ -331,3 +331,28 @@ def test_n_choices_share_one_prompt_prefill(tmp_path: Any) -> None:
         # them depend on the batch (bench/README.md, "Determinism"): the answers start the same.
         answers = [c["message"]["content"] for c in again["choices"]]
         assert len(answers) == 2 and all(a.split()[:2] == texts[0].split()[:2] for a in answers)
+
+
+def test_sessions_that_outgrow_the_kv_pool_are_restored_whole(tmp_path: Any) -> None:
+    """Three agent-like sessions sharing a long preamble in a pool too small for all of them: a
+    session's state restored from the cache needs a run of free cells that idle slots hold, and they
+    give theirs back (saved first) instead of the turn being prefilled from nothing."""
+    words = " ".join(f"rule{i} keeps the build green" for i in range(120))  # about 900 tokens
+    with running_server("--parallel", "4", "--ctx-size", "2560", tmp=tmp_path) as s:
+        sessions = [
+            [
+                {"role": "system", "content": f"You are a coding agent. {words} Session {k}."},
+                {"role": "user", "content": f"Task {k}: list the rules."},
+            ]
+            for k in range(3)
+        ]
+        previous = [0] * 3
+        for turn in range(3):
+            for k, messages in enumerate(sessions):
+                result = _chat(s, messages, max_tokens=8)
+                usage = result["usage"]
+                if turn:
+                    assert usage["prompt_tokens_details"]["cached_tokens"] >= previous[k] - 8, (turn, k)
+                previous[k] = usage["prompt_tokens"]
+                messages.append({"role": "assistant", "content": result["choices"][0]["message"]["content"]})
+                messages.append({"role": "user", "content": f"Tool result {turn}: ok."})

@@ -223,7 +223,12 @@ class Placement:
         """Load a cached state into ``slot`` and trim it to the shared prefix; returns tokens reused."""
         self.save(slot, keep=0, restoring=entry)
         started = time.perf_counter()
-        if not self._rt.state_restore(slot.seq, entry.state, entry.length):
+        restored = self._rt.state_restore(slot.seq, entry.state, entry.length)
+        if not restored and self._release_idle(slot, entry):
+            # The shared pool had no run of free cells for the state: idle slots gave theirs back
+            # (saved first), so only running sequences hold cells now. Once more.
+            restored = self._rt.state_restore(slot.seq, entry.state, entry.length)
+        if not restored:
             logger.warning("could not restore a cached prompt of %d tokens; prefilling it", len(entry.tokens))
             if self.cache is not None:
                 self.cache.discard(entry)
@@ -248,6 +253,18 @@ class Placement:
             entry.length // 1024,
         )
         return n_hit
+
+    def _release_idle(self, keep: Slot, restoring: CacheEntry) -> bool:
+        """Give every idle slot's cells but ``keep``'s back to the pool, each saved to the prompt cache
+        first (never evicting ``restoring``); True when any was released."""
+        released = False
+        for slot in sorted(self.slots, key=lambda s: s.last_used):
+            if slot is keep or slot.job is not None or not slot.tokens or slot.seq in self.pending_copy:
+                continue
+            self.save(slot, keep=0, restoring=restoring)
+            self.forget(slot)
+            released = True
+        return released
 
     def _cache_stats(self, elapsed: float) -> None:
         stats = self.stats
