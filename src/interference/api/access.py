@@ -236,10 +236,8 @@ class AccessMiddleware:
                 except orjson.JSONDecodeError:
                     data = None
                 else:
-                    state[PARSED_BODY_KEY] = (
-                        body,
-                        data,
-                    )  # the route validates this object, not the bytes again
+                    # The route validates this object instead of parsing the same bytes again.
+                    state[PARSED_BODY_KEY] = (body, data)
                 model, reserve = _reserve(data, len(body), generates=not path.endswith("/embeddings"))
                 if model is not None and not spec.allows(model, self._canonical(model)):
                     status = 403
