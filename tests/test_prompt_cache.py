@@ -356,3 +356,33 @@ def test_sessions_that_outgrow_the_kv_pool_are_restored_whole(tmp_path: Any) -> 
                 previous[k] = usage["prompt_tokens"]
                 messages.append({"role": "assistant", "content": result["choices"][0]["message"]["content"]})
                 messages.append({"role": "user", "content": f"Tool result {turn}: ok."})
+
+
+def test_idle_slots_the_cache_holds_give_their_cells_back(tmp_path: Any) -> None:
+    """A new conversation's prefill and decode attend over the pool up to its highest cell in use: idle
+    slots whose KV the cache holds already give their cells back, and come back whole from the cache."""
+    with running_server("--parallel", "2", tmp=tmp_path) as s:
+        conv = _conversation(80)
+        # Sharing under a tenth of its prompt with conv, it goes to the other slot.
+        other = [{"role": "user", "content": "Name the colours of a rainbow, one by one. " * 4}]
+        _chat(s, conv)
+        live = _chat(s, conv)  # from the live slot
+        n_prompt = live["usage"]["prompt_tokens"]
+        saves = "interference_engine_prompt_cache_saves_total"
+        released = "interference_engine_prompt_cache_released_slots_total"
+        _wait_for(lambda: s.metrics()[saves] >= 1)  # saved while the engine is idle
+        assert s.metrics()[released] == 0
+        _chat(s, other)  # the idle slot that holds conv is saved: its cells go back to the pool
+        assert s.metrics()[released] == 1
+        hits = s.metrics()["interference_engine_prompt_cache_hits_total"]
+        again = _chat(s, conv)  # restored from the cache into a slot
+        assert s.metrics()["interference_engine_prompt_cache_hits_total"] == hits + 1
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == n_prompt - 1
+        assert again["choices"][0]["message"]["content"] == live["choices"][0]["message"]["content"]
+        # A slot the cache does not hold yet keeps its cells: nothing is given back without a save.
+        (tmp_path / "off").mkdir()
+        with running_server("--parallel", "2", "--cache-ram", "0", tmp=tmp_path / "off") as off:
+            _chat(off, conv)
+            _chat(off, other)
+            assert off.metrics()[released] == 0
+            assert _chat(off, conv)["usage"]["prompt_tokens_details"]["cached_tokens"] == n_prompt - 1

@@ -34,6 +34,11 @@ _COUNTERS = (
     ("cache_restored_tokens", "prompt_cache_restored_tokens", "Prompt tokens restored from the prompt cache"),
     ("cache_saves", "prompt_cache_saves", "Slot states saved to the prompt cache"),
     ("cache_evictions", "prompt_cache_evictions", "Prompt cache entries evicted to stay within --cache-ram"),
+    (
+        "cache_released_slots",
+        "prompt_cache_released_slots",
+        "Idle slots that gave their KV cells back because the prompt cache holds their state",
+    ),
     ("cache_seconds", "prompt_cache_seconds", "Time spent saving and restoring prompt cache states"),
     ("cache_disk_hits", "prompt_cache_disk_hits", "Admissions restored from the prompt cache's disk tier"),
     ("cache_disk_writes", "prompt_cache_disk_writes", "States written to the prompt cache's disk tier"),

@@ -82,6 +82,7 @@ class Placement:
         index, n_past = pick_slot(views, prompt)
         restored = self._from_caches(prompt, n_past, idle)
         if restored is not None:
+            self._release_saved(restored[0])
             return restored
         slot = self.slots[index]
         moved = self.save(slot, keep=n_past)
@@ -89,7 +90,32 @@ class Placement:
             self._rt.seq_clear(slot.seq)
             n_past = 0
         del slot.tokens[n_past:]
+        self._release_saved(slot)
         return slot, n_past, None, moved
+
+    def _release_saved(self, keep: Slot) -> None:
+        """Give back the cells of the idle slots (but ``keep``) that the host-RAM cache holds already.
+
+        Attention runs over the pool up to its highest cell in use, masked cells included: on a 135M
+        model, seven idle conversations of 430 tokens made a 430-token prefill 17-25% slower, and each
+        decoded token about 6% slower. Their KV is in the cache, so nothing is lost: a conversation that
+        comes back is restored from it (a copy, milliseconds) instead of finding its slot as it was.
+        Slots the cache lacks keep their cells until the idle-time saves have copied them.
+        """
+        cache = self.cache
+        if cache is None:
+            return
+        for slot in self.slots:
+            if (
+                slot is keep
+                or slot.job is not None
+                or not slot.tokens
+                or slot.seq in self.pending_copy
+                or not cache.covers(slot.tokens)
+            ):
+                continue
+            self.forget(slot)
+            self.stats.cache_released_slots += 1
 
     def _from_caches(
         self, prompt: Sequence[int], n_past: int, idle: list[Slot]

@@ -76,6 +76,7 @@ class EngineStats:
     cache_restored_tokens: int = 0
     cache_saves: int = 0
     cache_evictions: int = 0
+    cache_released_slots: int = 0  # idle slots whose cells were given back, the cache holding their KV
     cache_bytes: int = 0
     cache_entries: int = 0
     cache_seconds: float = 0.0  # spent saving and restoring states, on the scheduler thread
@@ -115,7 +116,9 @@ def sample_row(rt: LlamaRuntime, job: Job, row: int, candidates: CandidateBuffer
     """Sample ``job``'s next token from batch row ``row`` (its logprobs gathered when it asked)."""
     if job.logprobs is not None:
         log_probs = rt.log_probs(row)
-    if job.sampler.has_grammar:
+    if job.sampler.greedy:
+        token = int(rt.logits(row).argmax())
+    elif job.sampler.has_grammar:
         token = job.sampler.sample_constrained(rt.logits(row), candidates)
     else:
         token = rt.sample(job.sampler.chain, row)

@@ -110,6 +110,7 @@ class ProviderStats:
     cache_restored_tokens: int = 0
     cache_saves: int = 0
     cache_evictions: int = 0
+    cache_released_slots: int = 0
     shared_prompt_tokens: int = 0
     cache_bytes: int = 0
     cache_entries: int = 0

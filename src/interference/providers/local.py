@@ -103,6 +103,7 @@ class LocalProvider(Provider):
             cache_restored_tokens=s.cache_restored_tokens,
             cache_saves=s.cache_saves,
             cache_evictions=s.cache_evictions,
+            cache_released_slots=s.cache_released_slots,
             shared_prompt_tokens=s.shared_prompt_tokens,
             cache_bytes=s.cache_bytes,
             cache_entries=s.cache_entries,
