@@ -64,11 +64,22 @@ class CandidateBuffer:
 class Sampler:
     """Owns a llama.cpp sampler chain (and an optional grammar); ``free`` it exactly once."""
 
-    __slots__ = ("_chain", "_grammar", "seed")
+    __slots__ = ("_chain", "_grammar", "greedy", "seed")
 
     def __init__(self, params: SamplingParams, *, n_vocab: int, grammar: Any = None) -> None:
         self.seed = params.seed if params.seed is not None else random.getrandbits(32)
         self._grammar: Any = grammar
+        # Nothing but the likeliest token: ``argmax`` over the logits picks what the chain's greedy
+        # stage would (the first of equal maxima), without the chain copying the whole vocabulary into
+        # candidates first (about 0.1 ms a token).
+        self.greedy = (
+            params.temperature <= 0.0
+            and grammar is None
+            and not params.logit_bias
+            and params.repeat_penalty == 1.0
+            and not params.frequency_penalty
+            and not params.presence_penalty
+        )
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         if not chain:
             self.free()
