@@ -305,6 +305,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--interference-args", default="", help="extra flags for interference serve")
+    p.add_argument(
+        "--interference-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for interference only (repeatable)",
+    )  # fmt: skip
     p.add_argument("--no-cache-disk", action="store_true", help="run interference without --cache-disk")
     p.add_argument("--llama-server", help="path to llama-server (default: the cached build)")
     return p.parse_args()
@@ -322,9 +326,11 @@ def main() -> None:
     gguf = embedded_gguf()
     binary = llama_server_binary(args.llama_server)
     theirs = ["-t", t, "-tb", t, "-c", str(2048 * args.parallel), "-np", np_, "--kv-unified"]
+    env = ["env", *args.interference_env] if args.interference_env else []
     specs = {
         "interference": (
-            interference_cmd(
+            env
+            + interference_cmd(
                 None,
                 (p := free_port()),
                 [*ours, *([] if args.no_cache_disk else ["--cache-disk", str(disk)])],

@@ -1,7 +1,8 @@
 """Where one engine step's time goes, at 1, 8 and 16 concurrent streams (the engine in-process).
 
 Runs the embedded model's engine directly (no HTTP), switches on ``Scheduler.profile`` and decodes
-``--tokens`` tokens on each of c streams (temperature 0.8, so the sampler chain does real work). Prints
+``--tokens`` tokens on each of c streams (temperature 0.8 with the server's default top-k and min-p,
+so the sampler chain does real work; ``--temperature 0`` samples greedily). Prints
 one JSON object: per concurrency, milliseconds per step for admission, batch assembly, the hand-off to
 the event loop, llama_decode, sampling and what follows it (detokenizing, stop strings, outputs), the
 Python share of a step, and microseconds of sampling per token.
@@ -30,9 +31,10 @@ from interference.engine._llama import quiet_llama_logs
 from interference.engine.engine import Engine, EngineConfig
 from interference.engine.profile import StepProfile
 from interference.engine.types import EngineRequest, SamplingParams
+from interference.providers.local import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 
-async def run_level(engine: Engine, level: int, tokens: int) -> dict[str, Any]:
+async def run_level(engine: Engine, level: int, tokens: int, temperature: float) -> dict[str, Any]:
     prof = StepProfile()
 
     async def one(i: int, seed: int) -> int:
@@ -40,7 +42,10 @@ async def run_level(engine: Engine, level: int, tokens: int) -> dict[str, Any]:
         request = EngineRequest(
             request_id=f"p{level}-{i}",
             prompt=tuple(prompt),
-            sampling=SamplingParams(temperature=0.8, top_p=0.95, seed=seed),
+            # The server's defaults for a request that names only a temperature and top_p.
+            sampling=SamplingParams(
+                temperature=temperature, top_p=0.95, top_k=DEFAULT_TOP_K, min_p=DEFAULT_MIN_P, seed=seed
+            ),
             max_tokens=tokens,
         )
         n = 0
@@ -70,6 +75,7 @@ def main() -> None:
     p.add_argument("--levels", default="1,8,16")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 samples greedily (default 0.8)")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     quiet_llama_logs()
@@ -78,7 +84,7 @@ def main() -> None:
     )
     engine.start()
     try:
-        rows = [asyncio.run(run_level(engine, level, args.tokens)) for level in levels]
+        rows = [asyncio.run(run_level(engine, level, args.tokens, args.temperature)) for level in levels]
     finally:
         engine.close()
     report = {"benchmark": "step_profile", "machine": machine_info(), "threads": args.threads, "levels": rows}
