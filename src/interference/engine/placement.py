@@ -82,7 +82,6 @@ class Placement:
         index, n_past = pick_slot(views, prompt)
         restored = self._from_caches(prompt, n_past, idle)
         if restored is not None:
-            self._release_saved(restored[0])
             return restored
         slot = self.slots[index]
         moved = self.save(slot, keep=n_past)
@@ -90,17 +89,21 @@ class Placement:
             self._rt.seq_clear(slot.seq)
             n_past = 0
         del slot.tokens[n_past:]
-        self._release_saved(slot)
+        if n_past < MIN_SIMILARITY * len(prompt):  # a new conversation: its whole prompt to prefill
+            self._release_saved(slot)
         return slot, n_past, None, moved
 
     def _release_saved(self, keep: Slot) -> None:
         """Give back the cells of the idle slots (but ``keep``) that the host-RAM cache holds already.
 
-        Attention runs over the pool up to its highest cell in use, masked cells included: on a 135M
-        model, seven idle conversations of 430 tokens made a 430-token prefill 17-25% slower, and each
-        decoded token about 6% slower. Their KV is in the cache, so nothing is lost: a conversation that
-        comes back is restored from it (a copy, milliseconds) instead of finding its slot as it was.
-        Slots the cache lacks keep their cells until the idle-time saves have copied them.
+        For a new conversation, whose whole prompt is to prefill. Attention runs over the pool up to its
+        highest cell in use, masked cells included: on a 135M model, seven idle conversations of 430
+        tokens made a 430-token prefill 17-25% slower. Their KV is in the cache, so nothing is lost: a
+        conversation that comes back is restored from it (a copy, milliseconds) instead of finding its
+        slot as it was. Slots the cache lacks keep their cells until the idle-time saves copy them.
+        A conversation that continues (agent sessions resending a long history) gives nothing back:
+        there, releasing the other sessions made later turns slower (1.13x in one run), each coming
+        back by a restore of a large state.
         """
         cache = self.cache
         if cache is None:
