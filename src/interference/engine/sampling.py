@@ -69,30 +69,24 @@ class Sampler:
     def __init__(self, params: SamplingParams, *, n_vocab: int, grammar: Any = None) -> None:
         self.seed = params.seed if params.seed is not None else random.getrandbits(32)
         self._grammar: Any = grammar
-        # Nothing but the likeliest token: ``argmax`` over the logits picks what the chain's greedy
-        # stage would (the first of equal maxima), without the chain copying the whole vocabulary into
-        # candidates first (about 0.1 ms a token).
-        self.greedy = (
-            params.temperature <= 0.0
-            and grammar is None
-            and not params.logit_bias
-            and params.repeat_penalty == 1.0
-            and not params.frequency_penalty
-            and not params.presence_penalty
-        )
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         if not chain:
             self.free()
             raise MemoryError("llama_sampler_chain_init failed")
         self._chain: Any = chain
         try:
-            for s in self._stages(params, n_vocab):
+            stages = self._stages(params, n_vocab)
+            for s in stages:
                 if not s:
                     raise MemoryError("a llama.cpp sampler could not be created")
                 C.llama_sampler_chain_add(chain, s)  # the chain owns it from here
         except BaseException:
             self.free()
             raise
+        # The chain is the greedy stage alone: ``argmax`` over the logits picks what it would (the
+        # first of equal maxima), without the chain copying the whole vocabulary into candidates
+        # first (about 0.1 ms a token).
+        self.greedy = grammar is None and params.temperature <= 0.0 and len(stages) == 1
 
     @staticmethod
     def grammar(vocab: Any, gbnf: str) -> Any:
