@@ -108,17 +108,10 @@ class Placement:
         cache = self.cache
         if cache is None:
             return
-        for slot in self.slots:
-            if (
-                slot is keep
-                or slot.job is not None
-                or not slot.tokens
-                or slot.seq in self.pending_copy
-                or not cache.covers(slot.tokens)
-            ):
-                continue
-            self.forget(slot)
-            self.stats.cache_released_slots += 1
+        for slot in self._idle_holders(keep):
+            if cache.covers(slot.tokens):
+                self.forget(slot)
+                self.stats.cache_released_slots += 1
 
     def _from_caches(
         self, prompt: Sequence[int], n_past: int, idle: list[Slot]
@@ -287,13 +280,20 @@ class Placement:
         """Give every idle slot's cells but ``keep``'s back to the pool, each saved to the prompt cache
         first (never evicting ``restoring``); True when any was released."""
         released = False
-        for slot in sorted(self.slots, key=lambda s: s.last_used):
-            if slot is keep or slot.job is not None or not slot.tokens or slot.seq in self.pending_copy:
-                continue
+        for slot in self._idle_holders(keep):
             self.save(slot, keep=0, restoring=restoring)
             self.forget(slot)
             released = True
         return released
+
+    def _idle_holders(self, keep: Slot) -> list[Slot]:
+        """The idle slots but ``keep`` whose cells may be given back (they hold tokens and await no
+        sequence copy), least recently used first."""
+        return [
+            slot
+            for slot in sorted(self.slots, key=lambda s: s.last_used)
+            if slot is not keep and slot.job is None and slot.tokens and slot.seq not in self.pending_copy
+        ]
 
     def _cache_stats(self, elapsed: float) -> None:
         stats = self.stats
