@@ -11,6 +11,8 @@ import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .cancellation import until_disconnect
+
 __all__ = [
     "DONE",
     "HEADERS",
@@ -107,26 +109,9 @@ class EventStream(StreamingResponse):
         self._frames = frames
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            current.cancel()
-
-        watcher = asyncio.ensure_future(watch())
         try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            current.uncancel()  # the client left: the stream simply ends
+            await until_disconnect(receive, self.stream_response(send))  # a client that left ends it
         finally:
-            watcher.cancel()
             close = getattr(self._frames, "aclose", None)
             if close is not None:
                 await close()
