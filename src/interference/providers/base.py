@@ -20,7 +20,7 @@ from ..protocol import (
     MessagesRequest,
     ParamError,
 )
-from ..protocol.anthropic_openai import validated_chat_request
+from ..protocol.anthropic_openai import chat_request, validated_chat_request
 
 __all__ = [
     "LOAD_SECONDS_BUCKETS",
@@ -33,6 +33,7 @@ __all__ = [
     "ProviderStats",
     "TokenUsage",
     "aclose_stream",
+    "chat_body_from_messages",
     "chat_from_messages",
 ]
 
@@ -232,18 +233,32 @@ async def aclose_stream(stream: AsyncIterator[Any]) -> None:
         await aclose()
 
 
+def _refused(exc: ParamError) -> InvalidRequest:
+    return InvalidRequest(str(exc), param=exc.param)
+
+
 def chat_from_messages(request: CountTokensRequest) -> ChatCompletionRequest:
     """A Messages request as the chat request that OpenAI-shaped backends serve; a 400 if it cannot be."""
     try:
         return validated_chat_request(request)
     except ParamError as exc:
-        raise InvalidRequest(str(exc), param=exc.param) from None
+        raise _refused(exc) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, ParamError):
-            raise InvalidRequest(str(cause), param=cause.param) from None
+            raise _refused(cause) from None
         where = ".".join(str(p) for p in err.get("loc", ()))
         raise InvalidRequest(
             f"This request cannot be served by this model ({where}: {err.get('msg')})."
         ) from None
+
+
+def chat_body_from_messages(request: MessagesRequest) -> dict[str, Any]:
+    """A Messages request as a chat body, not validated again as a chat request: for an upstream,
+    which answers its own 4xx for what it refuses (validating an agent's 118 KB request again cost
+    about 70 us). A 400 if it cannot be translated."""
+    try:
+        return chat_request(request)
+    except ParamError as exc:
+        raise _refused(exc) from None
