@@ -98,7 +98,7 @@ class Placement:
 
         For a new conversation, whose whole prompt is to prefill. Attention runs over the pool up to its
         highest cell in use, masked cells included: on a 135M model, seven idle conversations of 430
-        tokens made a 430-token prefill 17-25% slower. Their KV is in the cache, so nothing is lost: a
+        tokens made a 430-token prefill 17-29% slower. Their KV is in the cache, so nothing is lost: a
         conversation that comes back is restored from it (a copy, milliseconds) instead of finding its
         slot as it was. Slots the cache lacks keep their cells until the idle-time saves copy them.
         A conversation that continues (agent sessions resending a long history) gives nothing back:
