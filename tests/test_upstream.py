@@ -423,8 +423,16 @@ def test_the_client_s_bytes_are_forwarded_with_only_the_model_s_name_changed() -
             b'{"x":"say \\"model\\": \\"a\\"","model":"b"}',
         ),
         (b'{"model":"a\\u0041"}', "aA", b'{"model":"b"}'),
-        (b'{"model":"a","model":"c"}', "c", None),  # a duplicate key: the parser kept the last
-        (b'{"role":"model","model":"a"}', "a", None),  # "model" twice in the document
+        # A duplicate key: the parser kept the last, and the last member is the one replaced.
+        (b'{"model":"a","model":"c"}', "c", b'{"model":"a","model":"b"}'),
+        (b' {\n "model" : "a" , "model":"c"}', "a", b' {\n "model" : "b" , "model":"c"}'),
+        # "model" twice in the document: found at either end, and not in between.
+        (b'{"role":"model","model":"a"}', "a", b'{"role":"model","model":"b"}'),
+        (b'{"model":"a","role":"model"}', "a", b'{"model":"b","role":"model"}'),
+        (b'{"role":"model","model":"a","x":1}', "a", None),
+        (b'{"x":{"model":"a"},"model":"a","y":1}', "a", None),
+        # At the end of a nested object, not of the document: not taken for the top-level key.
+        (b'{"x":1,"model":"a","y":{"model":"a"}}', "a", None),
         (b'{"model":"a"}', "other", None),  # not the value the request was validated with
         (b'{"model":7}', 7, None),
         (b'{"x":1}', None, None),

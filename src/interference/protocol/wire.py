@@ -120,29 +120,59 @@ class WireModel(BaseModel):
 
 
 _MODEL_KEY = b'"model"'
-_STRING_VALUE = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*("(?:[^"\\]|\\.)*")')
+_WS = rb"[ \t\r\n]*"
+_STRING = rb'("(?:[^"\\]|\\.)*")'
+_STRING_VALUE = re.compile(_WS + b":" + _WS + _STRING)
+# The document's first member, or its last (the final "}" closes the top-level object): either way
+# the top-level key itself, found without reading the bytes between.
+_FIRST_MEMBER = re.compile(_WS + rb"\{" + _WS + _MODEL_KEY + _WS + b":" + _WS + _STRING)
+_LAST_MEMBER = re.compile(rb"," + _WS + _MODEL_KEY + _WS + b":" + _WS + _STRING + _WS + rb"\}" + _WS + rb"\Z")
+_TAIL_BYTES = 512  # how far from the end the last member is looked for
 
 
 def with_model(raw: bytes, sent: object, model: str) -> bytes | None:
     """``raw``, a JSON object whose top-level ``"model"`` is the string ``sent``, with that value
     replaced by ``model``; the rest of the bytes as they were.
 
-    Only when ``"model"`` occurs once in the whole document, followed by a colon and a string equal
-    to ``sent``: then that occurrence is the top-level key (a ``"`` inside a string is escaped, so
-    the sequence cannot hide in one). Otherwise None, and the caller writes the object anew.
+    ``raw`` has been parsed as JSON, so every ``"model"`` in it whose quotes are not escaped is a
+    whole string token: a key or a value. That token is the top-level key when it is the object's
+    first member, or its last one (followed by the final ``}``); those are found at either end. Failing
+    that, when ``"model"`` occurs once in the whole document, followed by a colon and a string. The
+    value replaced must equal ``sent``; otherwise None, and the caller writes the object anew.
+
+    A key given twice is ambiguous JSON: the first or the last member whose value is ``sent`` (what
+    the request was validated with) is replaced.
     """
+    if not isinstance(sent, str):
+        return None
+    for find in (_first_member, _last_member, _only_member):  # the cheap ones first
+        value = find(raw)
+        if value is not None and _is_string(value.group(1), sent):
+            return b"".join((raw[: value.start(1)], orjson.dumps(model), memoryview(raw)[value.end(1) :]))
+    return None
+
+
+def _first_member(raw: bytes) -> re.Match[bytes] | None:
+    return _FIRST_MEMBER.match(raw)
+
+
+def _last_member(raw: bytes) -> re.Match[bytes] | None:
+    return _LAST_MEMBER.search(raw, max(0, len(raw) - _TAIL_BYTES))
+
+
+def _only_member(raw: bytes) -> re.Match[bytes] | None:
+    """The key and string value of the one ``"model"`` in the document; None if not once, or not so."""
     at = raw.find(_MODEL_KEY)
-    if at < 0 or raw.find(_MODEL_KEY, at + len(_MODEL_KEY)) >= 0 or not isinstance(sent, str):
+    if at < 0 or raw.find(_MODEL_KEY, at + len(_MODEL_KEY)) >= 0:
         return None
-    value = _STRING_VALUE.match(raw, at + len(_MODEL_KEY))
-    if value is None:
-        return None
+    return _STRING_VALUE.match(raw, at + len(_MODEL_KEY))
+
+
+def _is_string(token: bytes, text: str) -> bool:
     try:
-        if orjson.loads(value.group(1)) != sent:
-            return None
+        return bool(orjson.loads(token) == text)
     except orjson.JSONDecodeError:
-        return None
-    return raw[: value.start(1)] + orjson.dumps(model) + raw[value.end(1) :]
+        return False
 
 
 def joined_text(content: str | Iterable[Any] | None, part: type[Any]) -> str:
