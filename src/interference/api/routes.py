@@ -28,6 +28,7 @@ from ..protocol import (
 from ..protocol.wire import WireModel
 from .access import PARSED_BODY_KEY, caller_of
 from .cancellation import with_cancellation
+from .dispatch import hold_until_sent
 from .errors import validation_error
 from .models import model_card, model_list
 from .openapi import request_body
@@ -65,6 +66,8 @@ async def _parse(request: Request, model: type[M]) -> M:
             parsed.set_tenant(caller.name)
     if isinstance(parsed, CountTokensRequest):  # and MessagesRequest: Anthropic upstreams get it as sent
         parsed.set_beta(request.headers.get("anthropic-beta", ""))
+    # With the limits' parse of the same body, freed after the response rather than before it.
+    hold_until_sent(request.scope, (parsed, request.scope.get("state", {}).pop(PARSED_BODY_KEY, None)))
     return parsed
 
 
