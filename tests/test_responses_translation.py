@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
+from interference.api.responses_output import ResponseBuilder
 from interference.protocol import ParamError, ResponseRequest
 from interference.protocol.responses_chat import chat_body, custom_input, group_items, tool_call_item
 from interference.providers.reasoning import ReasoningSplitter
@@ -145,3 +147,24 @@ def test_reasoning_splitter(pieces: list[str], opened: bool, reasoning: str, ans
         thought.append(r)
         said.append(a)
     assert ("".join(thought), "".join(said)) == (reasoning, answer)
+
+
+def test_every_envelope_echoes_the_requests_instructions_and_tools() -> None:
+    # Written once and repeated: the same JSON as the request's own fields, in each envelope.
+    tools = [
+        {"type": "function", "name": "shell", "description": "Run — a command ✓", "parameters": {}},
+        {"type": "custom", "name": "apply_patch", "description": "Edit files."},
+    ]
+    request = ResponseRequest.model_validate(
+        {"model": "m", "input": "hi", "instructions": "Be brief. ✓", "tools": tools}
+    )
+    builder = ResponseBuilder(request, {}, previous_id=None)
+    for envelope in (builder.envelope("in_progress", None), builder.envelope("completed", None)):
+        echoed = orjson.loads(orjson.dumps(envelope))
+        assert echoed["instructions"] == "Be brief. ✓"
+        assert echoed["tools"] == [t.model_dump(exclude_none=True) for t in request.tools or []]
+        assert [t["name"] for t in echoed["tools"]] == ["shell", "apply_patch"]
+    bare_request = ResponseRequest.model_validate({"model": "m", "input": "hi"})
+    bare = ResponseBuilder(bare_request, {}, previous_id=None)
+    echoed = orjson.loads(orjson.dumps(bare.envelope("completed", None)))
+    assert echoed["instructions"] is None and echoed["tools"] == []

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..protocol import ResponseRequest, response_item_id
 from ..protocol.responses_chat import ToolName, custom_input, tool_call_item
 from ..providers.base import Delta, TokenUsage
@@ -68,11 +70,22 @@ class ResponseBuilder:
         self.finish: str | None = None
         self._open: _Open | None = None
         self._calls: dict[int, _Open] = {}
+        self._echoed: tuple[orjson.Fragment, orjson.Fragment] | None = None
+
+    def _echo(self) -> tuple[orjson.Fragment, orjson.Fragment]:
+        """The request's instructions and tools as JSON, written once: every envelope repeats them
+        (three times in a stream), and an agent's are tens of KB."""
+        if self._echoed is None:
+            r = self.request
+            tools = [t.model_dump(exclude_none=True) for t in r.tools or []]
+            self._echoed = orjson.Fragment(orjson.dumps(r.instructions)), orjson.Fragment(orjson.dumps(tools))
+        return self._echoed
 
     # ------------------------------------------------------------------ the envelope
 
     def envelope(self, status: str, usage: TokenUsage | None, *, reason: str | None = None) -> dict[str, Any]:
         r = self.request
+        instructions, tools = self._echo()
         return {
             "id": self.id,
             "object": "response",
@@ -81,7 +94,7 @@ class ResponseBuilder:
             "background": False,
             "error": None,
             "incomplete_details": {"reason": reason} if reason else None,
-            "instructions": r.instructions,
+            "instructions": instructions,
             "max_output_tokens": r.max_output_tokens,
             "max_tool_calls": r.max_tool_calls,
             "model": r.model,
@@ -94,7 +107,7 @@ class ResponseBuilder:
             "temperature": 1.0 if r.temperature is None else r.temperature,
             "text": r.text or {"format": {"type": "text"}},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
-            "tools": [t.model_dump(exclude_none=True) for t in r.tools or []],
+            "tools": tools,
             "top_p": 1.0 if r.top_p is None else r.top_p,
             "truncation": r.truncation or "disabled",
             "usage": response_usage(usage) if usage is not None else None,
