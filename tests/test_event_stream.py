@@ -17,15 +17,17 @@ from interference.api import sse
 
 class Recorder:
     def __init__(self) -> None:
-        self.bodies: list[bytes] = []
+        self.bodies: list[bytes] = []  # each write's frames, the last write's included
         self.ended = False
+        self.last = b""  # what the stream's end carried
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.body":
-            if message.get("more_body"):
+            if message["body"]:
                 self.bodies.append(message["body"])
-            else:
+            if not message.get("more_body"):
                 self.ended = True
+                self.last = message["body"]
 
 
 async def never_disconnects() -> dict[str, Any]:
@@ -69,6 +71,7 @@ async def _ready_frames_are_joined_and_waiting_ones_are_not_held_back() -> None:
     ]
     assert seen_while_waiting == [0]  # the first three were still being gathered, not yet sent
     assert rec.ended
+    assert rec.last == sse.DONE  # the last frames go out with the end of the stream, in one write
 
 
 def test_a_batch_is_bounded() -> None:

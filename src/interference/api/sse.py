@@ -99,7 +99,8 @@ class EventStream(StreamingResponse):
 
     - Frames that are ready together go out in one write (up to ``MAX_BATCH_BYTES``): an upstream sends
       many events in one packet, and a local engine many tokens in one step, and each write crosses the
-      ASGI send chain and the socket. Nothing is held back while the source waits.
+      ASGI send chain and the socket. Nothing is held back while the source waits. The last frames go
+      out with the end of the stream (its final chunk), in the same write.
     - The client's disconnect cancels the stream (its source's cleanup runs, as for any cancellation),
       through one watcher task, where Starlette's own response runs a task group for it.
     """
@@ -151,8 +152,8 @@ class EventStream(StreamingResponse):
                 except StopAsyncIteration:
                     break
                 batch, size = [frame], len(frame)
-            await flush()
         finally:
             if pending is not None:
                 await _abandon(pending)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # The last frames and the end of the stream in one write.
+        await send({"type": "http.response.body", "body": b"".join(batch), "more_body": False})
