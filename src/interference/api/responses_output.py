@@ -70,22 +70,16 @@ class ResponseBuilder:
         self.finish: str | None = None
         self._open: _Open | None = None
         self._calls: dict[int, _Open] = {}
-        self._echoed: tuple[orjson.Fragment, orjson.Fragment] | None = None
-
-    def _echo(self) -> tuple[orjson.Fragment, orjson.Fragment]:
-        """The request's instructions and tools as JSON, written once: every envelope repeats them
-        (three times in a stream), and an agent's are tens of KB."""
-        if self._echoed is None:
-            r = self.request
-            tools = [t.model_dump(exclude_none=True) for t in r.tools or []]
-            self._echoed = orjson.Fragment(orjson.dumps(r.instructions)), orjson.Fragment(orjson.dumps(tools))
-        return self._echoed
+        # Every envelope repeats the request's instructions and tools (three envelopes in a stream), and
+        # an agent's are tens of KB: written to JSON once.
+        self._instructions = orjson.Fragment(orjson.dumps(request.instructions))
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
+        self._tools = orjson.Fragment(orjson.dumps(tools))
 
     # ------------------------------------------------------------------ the envelope
 
     def envelope(self, status: str, usage: TokenUsage | None, *, reason: str | None = None) -> dict[str, Any]:
         r = self.request
-        instructions, tools = self._echo()
         return {
             "id": self.id,
             "object": "response",
@@ -94,7 +88,7 @@ class ResponseBuilder:
             "background": False,
             "error": None,
             "incomplete_details": {"reason": reason} if reason else None,
-            "instructions": instructions,
+            "instructions": self._instructions,
             "max_output_tokens": r.max_output_tokens,
             "max_tool_calls": r.max_tool_calls,
             "model": r.model,
@@ -107,7 +101,7 @@ class ResponseBuilder:
             "temperature": 1.0 if r.temperature is None else r.temperature,
             "text": r.text or {"format": {"type": "text"}},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
-            "tools": tools,
+            "tools": self._tools,
             "top_p": 1.0 if r.top_p is None else r.top_p,
             "truncation": r.truncation or "disabled",
             "usage": response_usage(usage) if usage is not None else None,
