@@ -168,3 +168,37 @@ async def _a_slow_client_disconnecting_mid_write_closes_the_waiting_source() -> 
 
     await asyncio.wait_for(sse.EventStream(frames())(SCOPE, disconnects, slow_send), timeout=5)
     assert cleaned.is_set()
+
+
+TEXTS = [
+    "",
+    "plain",
+    'a "quote" and a \\ backslash',
+    "two\nlines\r\n",
+    "—dashes… and ünïcode",
+    "\u2028\u2029",
+    "🙂",
+    "\x00\x1f\x7f",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_frames_written_from_templates_are_those_the_encoders_write(text: str) -> None:
+    """The frames a stream repeats are written from templates; they must be the generic bytes."""
+    from interference.api import messages
+    from interference.api.serving import ChunkEnvelope
+
+    for index in (0, 7, 12):
+        delta = {"type": "text_delta", "text": text}
+        expected = sse.encode_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+        assert messages._text_delta(index, text) == expected
+        stop = sse.encode_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        assert messages._block_stop(index) == stop
+    assert sse.encode_event("ping", {"type": "ping"}) == messages._PING
+    assert sse.encode_event("message_stop", {"type": "message_stop"}) == messages._MESSAGE_STOP
+
+    envelope = ChunkEnvelope(f"chatcmpl-{text}", "chat.completion.chunk", 1_700_000_000, f"model {text}")
+    choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+    assert envelope.frame(choice) == sse.encode(envelope([choice]))

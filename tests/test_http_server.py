@@ -172,3 +172,46 @@ def test_what_a_route_parsed_is_freed_after_its_response_is_sent() -> None:
         ("returned", True),
         ("next turn", False),
     ]
+
+
+def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
+    """Once the server has started, what start-up made sits in the collector's permanent generation,
+    so a full collection walks only what requests made since, and the server still answers."""
+    import uvicorn
+
+    from interference.api.shutdown import Shutdown
+    from interference.server import GracefulServer
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def run() -> tuple[int, int]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning")
+        server = GracefulServer(config, shutdown=Shutdown(), timeout=1.0)
+        assert gc.get_freeze_count() == 0
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not serving.done()
+                await asyncio.sleep(0.01)
+            frozen = gc.get_freeze_count()
+            reader, writer = await asyncio.open_connection(*sock.getsockname())
+            writer.write(_request("GET", "/"))
+            status = int((await reader.readuntil(b"\r\n\r\n"))[9:12])
+            writer.close()
+        finally:
+            server.should_exit = True
+            await serving
+        return frozen, status
+
+    gc.unfreeze()
+    try:
+        frozen, status = asyncio.run(run())
+    finally:
+        gc.unfreeze()  # the rest of the test process collects as before
+    assert frozen > 10_000  # the imported modules, classes and functions at least
+    assert status == 204

@@ -20,6 +20,8 @@ STREAM = (
     "data\n\n"
     "data:  two spaces\n\n"
     "\n\n"
+    "datafoo: another field\n"
+    "data : not data either\n"
     "data: [DONE]\n\n"
 ).encode()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from .api.shutdown import Shutdown
 
-__all__ = ["MAX_HEADER_BYTES", "GracefulServer", "header_timeout_protocol", "serve"]
+__all__ = ["MAX_HEADER_BYTES", "GracefulServer", "freeze_startup_objects", "header_timeout_protocol", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ class GracefulServer(uvicorn.Server):
             for sig, handler in original.items():
                 signal.signal(sig, handler)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_objects()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._drain.begin()
         logger.info("draining: running requests have %.0f s to finish", self._timeout)
@@ -178,6 +183,17 @@ class GracefulServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             cut.cancel()
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up made out of the collector's full passes.
+
+    The app, its models and the engines live as long as the process, about 90 000 objects; a full
+    collection walked them all, 45 ms every few thousand agent requests, holding the GIL that the
+    engine threads need between decodes. Frozen, a full pass walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: FastAPI, sock: socket.socket, settings: Settings, *, access_log: bool) -> None:

@@ -53,7 +53,7 @@ class ChatServing:
 
         envelope = ChunkEnvelope(cid, "chat.completion.chunk", created, model)
 
-        def chunks(delta: Delta) -> list[dict[str, Any]]:
+        def chunks(delta: Delta) -> list[bytes]:
             out = []
             if delta.text or delta.tool_calls or delta.logprobs or delta.reasoning:
                 message: dict[str, Any] = {"content": delta.text} if delta.text else {}
@@ -67,7 +67,7 @@ class ChatServing:
                     "logprobs": delta.logprobs,
                     "finish_reason": None,
                 }
-                out.append(envelope([choice]))
+                out.append(envelope.frame(choice))
             if delta.finish_reason is not None:
                 # The finish goes in a chunk of its own with an empty delta, as OpenAI sends it.
                 choice = {
@@ -76,21 +76,13 @@ class ChatServing:
                     "logprobs": None,
                     "finish_reason": delta.finish_reason,
                 }
-                out.append(envelope([choice]))
+                out.append(envelope.frame(choice))
             return out
 
         # Every choice opens with its role, as OpenAI streams n > 1.
+        role = {"role": "assistant", "content": ""}
         roles = [
-            envelope(
-                [
-                    {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            )
+            envelope.frame({"index": i, "delta": role, "logprobs": None, "finish_reason": None})
             for i in range(request.n or 1)
         ]
         frames = sse_frames(

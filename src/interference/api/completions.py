@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.responses import Response
 
@@ -43,7 +42,7 @@ class CompletionServing:
             body["usage"] = usage_dict(folded.usage)
             return FastJSONResponse(body)
 
-        def chunks(delta: Delta) -> list[dict[str, Any]]:
+        def chunks(delta: Delta) -> list[bytes]:
             if not delta.text and delta.finish_reason is None and not delta.logprobs:
                 return []
             choice = {
@@ -52,7 +51,7 @@ class CompletionServing:
                 "logprobs": delta.logprobs,
                 "finish_reason": delta.finish_reason,
             }
-            return [envelope([choice])]
+            return [envelope.frame(choice)]
 
         frames = sse_frames(
             first,

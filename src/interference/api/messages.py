@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import orjson
 from starlette.responses import Response
 
 from ..errors import InterferenceError
@@ -92,6 +93,23 @@ def _input(arguments: str) -> dict[str, Any]:
         logger.warning("a tool call's arguments are not a JSON object; sent as an empty input")
         return {}
     return value
+
+
+# The frames a stream sends most, written once or from a template: a text delta is its text spliced in.
+_PING = sse.encode_event("ping", {"type": "ping"})
+_MESSAGE_STOP = sse.encode_event("message_stop", {"type": "message_stop"})
+
+
+def _text_delta(index: int, text: str) -> bytes:
+    """``content_block_delta`` with a ``text_delta``: the bytes ``sse.encode_event`` makes of it."""
+    return (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+        b'"delta":{"type":"text_delta","text":%s}}\n\n' % (index, orjson.dumps(text))
+    )
+
+
+def _block_stop(index: int) -> bytes:
+    return b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n' % index
 
 
 def _error_event(exc: InterferenceError) -> bytes:
@@ -175,7 +193,7 @@ class _Draft:
         early = first.usage if first is not None else None
         opening = TokenUsage(early.prompt_tokens, 0, early.cached_tokens) if early else None
         yield event("message_start", message=self.message([], None, None, opening))
-        yield event("ping")
+        yield _PING
 
         def stop(kind: str | None) -> list[bytes]:
             if kind is None:
@@ -184,7 +202,7 @@ class _Draft:
             if kind == "thinking":  # clients send thinking blocks back with their signature
                 signature = {"type": "signature_delta", "signature": THINKING_SIGNATURE}
                 signed.append(event("content_block_delta", index=index, delta=signature))
-            return [*signed, event("content_block_stop", index=index)]
+            return [*signed, _block_stop(index)]
 
         async for delta in iter_all(first, stream):
             if delta.index != 0:
@@ -206,9 +224,7 @@ class _Draft:
                     yield event(
                         "content_block_start", index=index, content_block={"type": "text", "text": ""}
                     )
-                yield event(
-                    "content_block_delta", index=index, delta={"type": "text_delta", "text": delta.text}
-                )
+                yield _text_delta(index, delta.text)
             for piece in delta.tool_calls or ():
                 call = f"call{piece.get('index', 0)}"
                 fn = piece.get("function") or {}
@@ -234,7 +250,7 @@ class _Draft:
         reason = stop_reason(finish, sequence)
         ending = {"stop_reason": reason, "stop_sequence": sequence if reason == "stop_sequence" else None}
         yield event("message_delta", delta=ending, usage=_usage(tally.usage))
-        yield event("message_stop")
+        yield _MESSAGE_STOP
 
 
 def _relay(

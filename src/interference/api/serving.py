@@ -83,12 +83,26 @@ def usage_dict(usage: TokenUsage | None) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ChunkEnvelope:
-    """What every body and chunk of one completion repeats around its choices (chat's and text's)."""
+    """What every body and chunk of one completion repeats around its choices (chat's and text's).
+
+    A stream's chunks differ only in their choices, so the envelope is written to JSON once
+    (``frame``), not once a token.
+    """
 
     id: str
     object: str
     created: int
     model: str
+    _head: bytes = field(init=False, repr=False, compare=False)  # ``data: {..."choices":``
+
+    def __post_init__(self) -> None:
+        written = orjson.dumps(self([]))
+        assert written.endswith(b"[]}")
+        object.__setattr__(self, "_head", b"data: " + written[:-3])
+
+    def frame(self, choice: dict[str, Any]) -> bytes:
+        """One chunk holding one choice, as an SSE frame (the bytes ``sse.encode(self([choice]))`` makes)."""
+        return b"%s[%s]}\n\n" % (self._head, orjson.dumps(choice))
 
     def __call__(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -212,13 +226,13 @@ def sse_frames(
     first: Delta | None,
     stream: AsyncIterator[Delta],
     *,
-    chunks: Callable[[Delta], list[dict[str, Any]]],
-    openings: list[dict[str, Any]],
+    chunks: Callable[[Delta], list[bytes]],
+    openings: list[bytes],
     usage_chunk: Callable[[TokenUsage], dict[str, Any]] | None,
     shutdown: Shutdown,
     record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
-    """Frame deltas as SSE: opening chunks, one chunk per delta, usage chunk, then ``[DONE]``.
+    """Frame deltas as SSE: opening frames, a delta's frames (``chunks``), usage chunk, then ``[DONE]``.
 
     A failure after the first byte becomes one error event in the normal envelope, then ``[DONE]``;
     so does a stream cut at the shutdown deadline.
@@ -227,10 +241,10 @@ def sse_frames(
 
     async def frames() -> AsyncIterator[bytes]:
         for opening in openings:
-            yield sse.encode(opening)
+            yield opening
         async for delta in iter_all(first, stream):
-            for payload in chunks(delta):
-                yield sse.encode(payload)
+            for frame in chunks(delta):
+                yield frame
             tally.add(delta.usage)
         if usage_chunk is not None:
             yield sse.encode(usage_chunk(tally.usage))

@@ -44,8 +44,23 @@ class SSEDecoder:
         else:
             self._pending = b""
         events: list[str] = []
-        for line in lines:
-            self._line(line.rstrip(b"\r\n"), events)
+        data = self._data
+        for line in lines:  # _line's rules, inline: a call a line was a third of the decoder's time
+            line = line.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    events.append("\n".join(data))
+                    data = []
+            elif line.startswith(b"data"):
+                value = line[4:]
+                if value.startswith(b": "):
+                    data.append(value[2:].decode("utf-8", "replace"))
+                elif value.startswith(b":"):
+                    data.append(value[1:].decode("utf-8", "replace"))
+                elif not value:
+                    data.append("")
+                # else another field whose name starts with "data" (``datafoo``): ignored
+        self._data = data
         return events
 
     def flush(self) -> list[str]:
