@@ -14,6 +14,11 @@ Workloads (each repeated ``--reps`` times; ``--quick``: one repetition and small
   has no automatic equivalent, so its figure is a cold turn);
 - ``c1_decode``: one stream of 128 tokens → decode tok/s.
 
+``steady_c8`` and ``c1_decode`` also report ``serving_cpu_ms_per_token``: the CPU time per generated token
+of every thread of the server but its ``--threads`` busiest ones (the compute threads): its HTTP and
+event-loop side, which on a machine with as many cores as compute threads takes its time from the
+decode (from ``/proc/<pid>/task/*/schedstat``, nanoseconds per thread).
+
 Both servers use the same GGUF, threads and slots; llama-server runs with ``--kv-unified``. Prints one
 JSON object: per workload and server the median over repetitions, the spread (min, max) and the
 ratio interference / llama-server. Lower is better for times, higher for tok/s.
@@ -29,6 +34,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -136,6 +142,25 @@ def concurrent(jobs: Sequence[Callable[[], Stream]]) -> tuple[list[Stream], floa
     return results, time.perf_counter() - t0
 
 
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """Nanoseconds on a CPU so far, per thread of ``pid`` (empty where /proc has no schedstat)."""
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return out
+
+
+def serving_cpu_ms(before: dict[str, int], after: dict[str, int], compute_threads: int) -> float:
+    """Milliseconds of CPU of all threads but the ``compute_threads`` busiest, between two readings."""
+    spent = sorted((ns - before.get(tid, 0) for tid, ns in after.items()), reverse=True)
+    return sum(spent[compute_threads:]) / 1e6 if spent else float("nan")
+
+
 def chat(system: str, user: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -173,11 +198,15 @@ def steady(client: httpx.Client, servers: list[Server], size: dict[str, int], re
             chat("You are a writer.", f"Essay {rep}-{i}: write about " + words(20, i)) for i in range(8)
         ]
         jobs = [functools.partial(stream, client, srv, m, size["tokens"]) for m in prompts]
+        before = thread_cpu_ns(srv.proc.pid)
         results, wall = concurrent(jobs)
+        serving = serving_cpu_ms(before, thread_cpu_ns(srv.proc.pid), size["threads"])
         gaps = [g for r in results for g in r.gaps]
+        tokens = sum(r.tokens for r in results)
         out[srv.name] = {
-            "aggregate_tok_s": sum(r.tokens for r in results) / wall,
+            "aggregate_tok_s": tokens / wall,
             "inter_token_p95_s": percentile(gaps, 95),
+            "serving_cpu_ms_per_token": serving / tokens if tokens else float("nan"),
         }
     return out
 
@@ -212,12 +241,19 @@ def agent_turns(
 
 def c1_decode(client: httpx.Client, servers: list[Server], size: dict[str, int], rep: int) -> dict[str, Any]:
     tps: dict[str, list[float]] = {s.name: [] for s in servers}
+    serving: dict[str, list[float]] = {s.name: [] for s in servers}
     for i in range(2):
         messages = chat("You are a writer.", f"Story {rep}-{i}: write a long story about " + words(12, i))
         for srv in servers:
+            before = thread_cpu_ns(srv.proc.pid)
             res = stream(client, srv, messages, size["tokens"])
+            cpu = serving_cpu_ms(before, thread_cpu_ns(srv.proc.pid), size["threads"])
             tps[srv.name].append((len(res.gaps)) / res.span if res.span > 0 else float("nan"))
-    return {name: {"decode_tok_s": median(v)} for name, v in tps.items()}
+            serving[srv.name].append(cpu / res.tokens if res.tokens else float("nan"))
+    return {
+        name: {"decode_tok_s": median(v), "serving_cpu_ms_per_token": median(serving[name])}
+        for name, v in tps.items()
+    }
 
 
 def after_restart(
@@ -317,7 +353,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     exit_on_sigterm()
-    size = SIZES["quick" if args.quick else "full"]
+    size = {**SIZES["quick" if args.quick else "full"], "threads": args.threads}
     reps = args.reps or (1 if args.quick else 3)
     only = [w for w in args.only.split(",") if w]
     t, np_ = str(args.threads), str(args.parallel)

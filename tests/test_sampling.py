@@ -65,6 +65,23 @@ def test_argmax_matches_the_model_greedy_token_on_every_batch_row() -> None:
         assert rt.decode() == 0
         for row in rows:
             assert int(rt.logits(row).argmax()) == rt.sample(sampler.chain, row)
+            # The view by address is the row llama.cpp hands out, made once and reused.
+            pointer = C.llama_get_logits_ith(rt.ctx, row)
+            assert np.array_equal(rt.logits(row), np.ctypeslib.as_array(pointer, shape=(rt.n_vocab,)))
+            assert rt.logits(row) is rt.logits(row)
+        # After another decode the same view shows the new logits.
+        before = rt.logits(rows[0]).copy()
+        rt.batch_clear()
+        rt.batch_add(
+            rt.tokenize(" blue", add_special=False)[0],
+            len(rt.tokenize(texts[0], add_special=False)),
+            0,
+            logits=True,
+        )
+        assert rt.decode() == 0
+        pointer = C.llama_get_logits_ith(rt.ctx, 0)
+        assert np.array_equal(rt.logits(0), np.ctypeslib.as_array(pointer, shape=(rt.n_vocab,)))
+        assert not np.array_equal(rt.logits(0), before)
     finally:
         sampler.free()
         rt.close()

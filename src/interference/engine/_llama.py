@@ -40,6 +40,18 @@ class ModelLoadError(Exception):
     """The GGUF is missing, unreadable or not a model llama.cpp can load."""
 
 
+# Numpy views of logits rows kept by address (a handful in use: one per output row of a step).
+_MAX_ROW_VIEWS = 256
+
+
+def _address_function(function: Any, *argtypes: Any) -> Any:
+    """A bound C function of the bindings, re-declared to return its pointer as a plain address."""
+    address = ctypes.cast(function, ctypes.c_void_p).value
+    if not address:
+        raise ModelLoadError("the llama.cpp bindings have no address for a function they bind")
+    return ctypes.CFUNCTYPE(ctypes.c_void_p, *argtypes)(address)
+
+
 def quiet_llama_logs(*, verbose: bool = False) -> None:
     """llama.cpp prints every line to stderr by default; keep only what was asked for."""
     level = logging.DEBUG if verbose else logging.CRITICAL + 1
@@ -177,6 +189,9 @@ class LlamaRuntime:
         # Token bytes by id, filled on first use. Both the scheduler thread and the event loop read
         # pieces, so each lookup that misses renders into a buffer of its own.
         self._pieces: dict[int, bytes] = {}
+        # llama_get_logits_ith returning a plain address, and a numpy view per address: see ``logits``.
+        self._logits_at = _address_function(C.llama_get_logits_ith, ctypes.c_void_p, ctypes.c_int32)
+        self._logit_rows: dict[int, npt.NDArray[np.float32]] = {}
         self.info = self._read_info()
 
     # ------------------------------------------------------------------ metadata
@@ -266,9 +281,25 @@ class LlamaRuntime:
         return int(C.llama_sampler_sample(sampler, self._ctx, row))
 
     def logits(self, row: int) -> npt.NDArray[np.float32]:
-        """A view of one output row's logits, valid only until the next decode."""
-        ptr = C.llama_get_logits_ith(self._ctx, row)
-        view: npt.NDArray[np.float32] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        """A view of one output row's logits, valid only until the next decode.
+
+        The rows live in llama.cpp's output buffer, at the same addresses step after step, so the
+        view of an address is made once: ``np.ctypeslib.as_array`` on the returned pointer went
+        through numpy's array-interface machinery every time, 70 us a token at one stream (its
+        code is cold after a decode), most of a greedy token's sampling time. A view is handed out
+        only for the address llama.cpp has just returned, so one of a buffer since replaced is
+        never read.
+        """
+        address = self._logits_at(self._ctx, row)
+        if not address:
+            raise ValueError(f"batch row {row} has no logits")
+        view = self._logit_rows.get(address)
+        if view is None:
+            if len(self._logit_rows) >= _MAX_ROW_VIEWS:  # the buffer moved often: start over
+                self._logit_rows.clear()
+            row_type = ctypes.c_float * self.n_vocab
+            memory = memoryview(row_type.from_address(address)).cast("B")
+            view = self._logit_rows[address] = np.frombuffer(memory, np.float32)
         return view
 
     def log_probs(self, row: int) -> npt.NDArray[np.float32]:
