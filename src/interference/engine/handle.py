@@ -65,7 +65,11 @@ class RequestHandle:
         self.state = HandleState.QUEUED  # changed only under _lock: see try_start and abort
         self._lock = threading.Lock()
         self._loop = loop
-        self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        # Outputs not taken yet (one a step at most, so a request's are bounded by its max_tokens), and
+        # the future its reader waits on when there are none. An asyncio.Queue did the same with a
+        # future a get and more code a token: a quarter of the event loop's work a token at one stream.
+        self._outputs: deque[EngineOutput] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._on_abort = on_abort
         self._finished = False
 
@@ -81,7 +85,7 @@ class RequestHandle:
     def push(self, output: EngineOutput) -> None:
         """Hand one output to the event loop now (see ``deliver_all`` for a step's worth at once)."""
         self.mark(output)
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, output)
+        self._loop.call_soon_threadsafe(self._put, output)
 
     def mark(self, output: EngineOutput) -> None:
         if output.finish_reason is not None or output.error is not None:
@@ -100,7 +104,13 @@ class RequestHandle:
     @staticmethod
     def deliver_all(items: list[tuple[RequestHandle, EngineOutput]]) -> None:
         for handle, output in items:
-            handle._queue.put_nowait(output)
+            handle._put(output)
+
+    def _put(self, output: EngineOutput) -> None:
+        self._outputs.append(output)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def abort(self) -> None:
         """Stop generating; a no-op once finished. Safe from any thread."""
@@ -116,7 +126,13 @@ class RequestHandle:
     async def __anext__(self) -> EngineOutput:
         if self._finished:
             raise StopAsyncIteration
-        output = await self._queue.get()
+        while not self._outputs:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        output = self._outputs.popleft()
         if output.finish_reason is not None or output.error is not None:
             self._finished = True
         return output
