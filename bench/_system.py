@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -138,3 +139,16 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return round(total_kb / 1024, 1)
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """Nanoseconds on a CPU so far, per thread of ``pid`` (empty where /proc has no schedstat)."""
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return out

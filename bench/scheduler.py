@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from _common import (
     start_server,
     stop_server,
 )
-from _system import machine_info
+from _system import machine_info, thread_cpu_ns
 from prompt_cache import WORDS
 from single_stream import interference_cmd, llama_server_binary, llama_server_cmd
 
@@ -140,19 +139,6 @@ def concurrent(jobs: Sequence[Callable[[], Stream]]) -> tuple[list[Stream], floa
     for t in threads:
         t.join()
     return results, time.perf_counter() - t0
-
-
-def thread_cpu_ns(pid: int) -> dict[str, int]:
-    """Nanoseconds on a CPU so far, per thread of ``pid`` (empty where /proc has no schedstat)."""
-    out: dict[str, int] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return out
 
 
 def serving_cpu_ms(before: dict[str, int], after: dict[str, int], compute_threads: int) -> float:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from .api.shutdown import Shutdown
 
-__all__ = ["MAX_HEADER_BYTES", "GracefulServer", "freeze_startup_objects", "header_timeout_protocol", "serve"]
+__all__ = ["MAX_HEADER_BYTES", "GracefulServer", "header_timeout_protocol", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class GracefulServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        freeze_startup_objects()
+        _freeze_startup_objects()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._drain.begin()
@@ -185,7 +185,7 @@ class GracefulServer(uvicorn.Server):
             cut.cancel()
 
 
-def freeze_startup_objects() -> None:
+def _freeze_startup_objects() -> None:
     """Keep what start-up made out of the collector's full passes.
 
     The app, its models and the engines live as long as the process, about 90 000 objects; a full
