@@ -289,6 +289,12 @@ def test_bad_requests_are_400_in_anthropic_envelope(server: RunningServer) -> No
         assert "image" in _error(pic, 400, "invalid_request_error")
         count = http.post("/v1/messages/count_tokens", json={"model": MODEL})
         _error(count, 400, "invalid_request_error")
+        # A block whose type is no string, in the system prompt and in a message.
+        for block in ({"type": {}}, {"type": ["text"], "text": "x"}):
+            system = {"model": MODEL, "messages": HI, "system": [block]}
+            _error(http.post("/v1/messages/count_tokens", json=system), 400, "invalid_request_error")
+            turn = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [block]}]}
+            _error(http.post("/v1/messages", json=turn), 400, "invalid_request_error")
         # The OpenAI routes keep OpenAI's envelope.
         openai_style = http.post("/v1/chat/completions", json={"model": MODEL})
         assert openai_style.status_code == 400 and "type" in openai_style.json()["error"]

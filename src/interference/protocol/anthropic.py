@@ -83,7 +83,8 @@ class OtherBlock(WireModel):
 def _block_tag(block: Any) -> str:
     """A block's model, by its ``type``: unknown types (and non-objects) go to ``OtherBlock``."""
     kind = block.get("type") if isinstance(block, dict) else getattr(block, "type", None)
-    return kind if kind in KNOWN_BLOCK_TYPES else "other"
+    # A ``type`` that is no string (an object, a list: unhashable) is OtherBlock's to refuse.
+    return kind if isinstance(kind, str) and kind in KNOWN_BLOCK_TYPES else "other"
 
 
 # Tagged by ``type``: trying each model in turn cost several failed validations per block.
