@@ -1,0 +1,70 @@
+"""The usage ledger's writer: one transaction a round under a steady load, nothing lost at close."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from interference.keys import ledger as ledger_module
+from interference.keys.ledger import Ledger, LedgerEntry
+
+
+def _entry(n: int) -> LedgerEntry:
+    return LedgerEntry(
+        time=f"2026-12-04T00:00:{n % 60:02d}Z",
+        key_name="k",
+        model="m",
+        route="chat",
+        status=200,
+        prompt_tokens=n,
+        completion_tokens=1,
+        cached_tokens=0,
+        ttft_ms=None,
+        duration_ms=1.0,
+    )
+
+
+def test_entries_that_come_during_a_write_wait_for_the_next_round() -> None:
+    """A request that ends while a batch is being written is in the next round's batch, a linger
+    later, not in a transaction of its own straight after (a commit a request under a steady load)."""
+    ledger = Ledger("/nonexistent/unused.db")
+    calls: list[tuple[float, float, list[int]]] = []
+    second = threading.Event()
+
+    def sink(batch: list[LedgerEntry]) -> None:
+        start = time.monotonic()
+        if not calls:
+            ledger.record(_entry(100))  # arrives while this batch is written
+            ledger.record(_entry(101))
+        calls.append((start, time.monotonic(), [e.prompt_tokens for e in batch]))
+        if len(calls) == 2:
+            second.set()
+
+    ledger.send_to(sink)
+    ledger.start()
+    try:
+        for n in range(3):
+            ledger.record(_entry(n))
+        assert second.wait(10)
+        assert ledger.flush(10)
+    finally:
+        ledger.close()
+    assert [c[2] for c in calls] == [[0, 1, 2], [100, 101]]
+    first_end, second_start = calls[0][1], calls[1][0]
+    assert second_start - first_end >= ledger_module.LINGER * 0.9  # a round's linger lies between
+
+
+def test_a_full_round_is_written_in_batches_and_close_drains_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path)
+    ledger.start()
+    total = ledger_module.BATCH * 2 + 5
+    for n in range(total):
+        ledger.record(_entry(n))
+    ledger.close()  # before the writer's first round is over: what is queued is still written
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT prompt_tokens FROM usage ORDER BY rowid").fetchall()
+    assert [r[0] for r in rows] == list(range(total))
+    assert ledger.dropped == 0
