@@ -4,7 +4,8 @@ Workloads (each repeated ``--reps`` times; ``--quick``: one repetition and small
 
 - ``cold_turns``: the first turn of N conversations (distinct ~300-token prompts), one request at a
   time, the two servers taking each request in alternation → median TTFT;
-- ``storm``: N new conversations at once on 8 slots → median and p95 TTFT;
+- ``storm``: N new conversations at once on 8 slots → median and p95 TTFT (one server, then the other,
+  the first alternating by repetition, as in ``steady_c8``);
 - ``steady_c8``: 8 concurrent streams of 128 tokens → aggregate tok/s and inter-token p95;
 - ``agent_turns``: S sessions of a long prompt (a shared preamble of ~5k tokens plus a session part)
   growing by ~320 tokens a turn, interleaved → the cold turn and turns 2+ TTFT (the last turn stays
@@ -163,9 +164,17 @@ def cold_turns(client: httpx.Client, servers: list[Server], size: dict[str, int]
     return {name: {"ttft_median_s": median(v)} for name, v in ttft.items()}
 
 
+def in_turn(servers: list[Server], rep: int) -> list[Server]:
+    """The servers in the order of this repetition: who goes first alternates. A workload that runs
+    whole on one server, then on the other, meets the shared host's slow minutes in that order, and in
+    one run the second of three back-to-back storms was the slowest every time, whichever server it
+    was."""
+    return servers if rep % 2 == 0 else servers[::-1]
+
+
 def storm(client: httpx.Client, servers: list[Server], size: dict[str, int], rep: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for srv in servers:
+    for srv in in_turn(servers, rep):
         prompts = [
             chat(f"Storm {rep}-{i}. " + words(280, 50_000 + 100 * rep + i), "Go.")
             for i in range(size["storm"])
@@ -179,7 +188,7 @@ def storm(client: httpx.Client, servers: list[Server], size: dict[str, int], rep
 
 def steady(client: httpx.Client, servers: list[Server], size: dict[str, int], rep: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for srv in servers:
+    for srv in in_turn(servers, rep):
         prompts = [
             chat("You are a writer.", f"Essay {rep}-{i}: write about " + words(20, i)) for i in range(8)
         ]
