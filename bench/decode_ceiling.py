@@ -36,16 +36,7 @@ from interference.engine.cpu import choose_repack, read_cpu_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (
-    embedded_gguf,
-    exit_on_sigterm,
-    free_port,
-    median,
-    ratio,
-    rounded,
-    start_server,
-    stop_server,
-)
+import _common as common
 from _system import machine_info
 from scheduler import chat, concurrent, stream, words
 from single_stream import interference_cmd, llama_server_binary, llama_server_cmd
@@ -101,9 +92,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llama-server", default=None, help="path to llama-server (default: the cached build)")
     args = p.parse_args()
-    exit_on_sigterm()
+    common.exit_on_sigterm()
     quiet_llama_logs()
-    gguf = embedded_gguf()
+    gguf = common.embedded_gguf()
     t, n = str(args.threads), str(args.streams)
     repack = choose_repack(None, read_cpu_info()).enabled
     rt = LlamaRuntime(
@@ -117,11 +108,13 @@ def main() -> None:
     theirs = ["-t", t, "-tb", t, "-c", str(2048 * args.streams), "-np", n, "--kv-unified"]
     binary = llama_server_binary(args.llama_server)
     servers = [
-        start_server("llama-server", llama_server_cmd(binary, gguf, (q := free_port()), theirs), q),
-        start_server(
+        common.start_server(
+            "llama-server", llama_server_cmd(binary, gguf, (q := common.free_port()), theirs), q
+        ),
+        common.start_server(
             "interference",
             interference_cmd(
-                None, (port := free_port()), ["--parallel", n, "--threads", t, "--no-embeddings"]
+                None, (port := common.free_port()), ["--parallel", n, "--threads", t, "--no-embeddings"]
             ),
             port,
         ),
@@ -143,9 +136,9 @@ def main() -> None:
                     f"{k} {v[-1]:.1f}" for k, v in decode.items()), file=sys.stderr)  # fmt: skip
     finally:
         for srv in servers:
-            stop_server(srv)
+            common.stop_server(srv)
         rt.close()
-    med = {k: median(v) for k, v in decode.items()}
+    med = {k: common.median(v) for k, v in decode.items()}
     report = {
         "benchmark": "decode_ceiling",
         "machine": machine_info(),
@@ -154,17 +147,17 @@ def main() -> None:
         "threads": args.threads,
         "repetitions": args.reps,
         "decode_tok_s": {k: {"median": m, "runs": decode[k]} for k, m in med.items()},
-        "aggregate_tok_s": {k: {"median": median(v), "runs": v} for k, v in aggregate.items()},
+        "aggregate_tok_s": {k: {"median": common.median(v), "runs": v} for k, v in aggregate.items()},
         "ratio": {
-            "kernels_over_llama_server": ratio(med["kernels"], med["llama-server"]),
-            "interference_over_kernels": ratio(med["interference"], med["kernels"]),
-            "interference_over_llama_server_decode": ratio(med["interference"], med["llama-server"]),
-            "interference_over_llama_server_aggregate": ratio(
-                median(aggregate["interference"]), median(aggregate["llama-server"])
+            "kernels_over_llama_server": common.ratio(med["kernels"], med["llama-server"]),
+            "interference_over_kernels": common.ratio(med["interference"], med["kernels"]),
+            "interference_over_llama_server_decode": common.ratio(med["interference"], med["llama-server"]),
+            "interference_over_llama_server_aggregate": common.ratio(
+                common.median(aggregate["interference"]), common.median(aggregate["llama-server"])
             ),
         },
     }
-    print(json.dumps(rounded(report), indent=2))
+    print(json.dumps(common.rounded(report), indent=2))
 
 
 if __name__ == "__main__":
