@@ -56,7 +56,7 @@ def test_entries_that_come_during_a_write_wait_for_the_next_round() -> None:
     assert second_start - first_end >= ledger_module.LINGER * 0.9  # a round's linger lies between
 
 
-def test_a_full_round_is_written_in_batches_and_close_drains_the_queue(tmp_path: Path) -> None:
+def test_close_writes_everything_queued_in_order(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     ledger = Ledger(path)
     ledger.start()
@@ -68,3 +68,16 @@ def test_a_full_round_is_written_in_batches_and_close_drains_the_queue(tmp_path:
         rows = conn.execute("SELECT prompt_tokens FROM usage ORDER BY rowid").fetchall()
     assert [r[0] for r in rows] == list(range(total))
     assert ledger.dropped == 0
+
+
+def test_a_round_is_written_batch_entries_a_transaction() -> None:
+    ledger = Ledger("/nonexistent/unused.db")
+    batches: list[list[int]] = []
+    ledger.send_to(lambda batch: batches.append([e.prompt_tokens for e in batch]))
+    ledger.start()
+    total = ledger_module.BATCH * 2 + 5
+    for n in range(total):
+        ledger.record(_entry(n))
+    ledger.close()
+    assert [n for batch in batches for n in batch] == list(range(total))
+    assert len(batches) >= 3 and all(0 < len(batch) <= ledger_module.BATCH for batch in batches)
