@@ -33,6 +33,21 @@ def test_the_chunk_shrinks_to_keep_a_step_within_its_time_target() -> None:
     assert _policy(step_target=0.0).budget(8) == 504  # no target: chunks of --batch-size
 
 
+def test_in_a_storm_prompts_fill_the_batch_beside_running_streams() -> None:
+    policy = _policy(n_batch=512, step_target=0.5)
+    policy.observe(8, 0, 0.08)
+    policy.observe(8, 200, 0.08 + 200 * 0.004)
+    kept = policy.budget(8)
+    assert kept < 504  # the time target bites beside eight streams
+    assert policy.budget(8, n_waiting=8) == kept  # as many waiting as decoding: streams keep their pace
+    assert policy.budget(8, n_waiting=9) == 512 - 8  # more wait for a first token: the whole batch
+    queued = [("a", 300, 0.0), ("b", 300, 0.0)]
+    taken = policy.plan(2, queued, room=10_000, now=0.0, queued=0)
+    assert sum(n for _, n in taken) == policy.budget(2) < 600  # two waiting beside two streams: target
+    taken = policy.plan(2, queued, room=10_000, now=0.0, queued=1)  # a third conversation queued
+    assert sum(n for _, n in taken) == 510  # three waiting beside two streams: the whole batch
+
+
 def test_costs_are_running_averages() -> None:
     policy = _policy(step_target=1.0)
     policy.observe(4, 0, 0.04)

@@ -10,6 +10,10 @@ in it come out. Per step:
   decode tokens, and fewer when the measured cost says such a step would take longer than
   ``step_target`` seconds; never fewer than ``MIN_PREFILL``, so prompts progress however many
   streams decode.
+- **Storms.** When more conversations wait for their first token (prompts being evaluated and
+  requests queued for a slot) than streams decode, the time target is set aside and prompts fill the
+  batch as if no stream were decoding: most of the people waiting then wait for a first token, not
+  for the next one, and whole batches evaluate prompts fastest.
 - **Order.** Shortest remaining prompt first, so a storm of new conversations sees its first tokens
   one after another instead of all at the end. A prompt's age counts against its length at the
   measured prefill rate (a prompt that has waited as long as ``n`` tokens take counts ``n`` tokens
@@ -61,10 +65,11 @@ class PrefillPolicy:
         rows = n_decode * row
         self.token_seconds = _ewma(self.token_seconds, max(seconds - rows, 0.0) / n_prompt)
 
-    def budget(self, n_decode: int) -> int:
-        """Prompt tokens this step may carry beside ``n_decode`` decode tokens."""
+    def budget(self, n_decode: int, n_waiting: int = 0) -> int:
+        """Prompt tokens this step may carry beside ``n_decode`` decode tokens, with ``n_waiting``
+        conversations still waiting for their first token."""
         room = self.n_batch - n_decode
-        if n_decode == 0:
+        if n_decode == 0 or n_waiting > n_decode:
             return room
         budget = self.chunk - n_decode
         if self.step_target > 0 and self.token_seconds:
@@ -78,11 +83,11 @@ class PrefillPolicy:
         return sorted(prompts, key=lambda p: (p[1] - rate * (now - p[2]), p[2]))
 
     def plan(
-        self, n_decode: int, prompts: Sequence[tuple[T, int, float]], room: int, now: float
+        self, n_decode: int, prompts: Sequence[tuple[T, int, float]], room: int, now: float, queued: int = 0
     ) -> list[tuple[T, int]]:
         """The prompts this step evaluates, each with how many of its tokens: ``room`` free KV cells
         are reserved in the policy's order, and the budget is spent as the module docstring says."""
-        budget = self.budget(n_decode)
+        budget = self.budget(n_decode, len(prompts) + queued)
         out: list[tuple[T, int]] = []
         for item, left, _ in self.order(prompts, now):
             room -= left

@@ -313,7 +313,9 @@ class Scheduler:
         # How much of which prompts this step evaluates: engine/prefill.py.
         room = free - n_decode  # cells left in the pool for prompts
         prompts = [((slot, job), left, job.started) for slot, job, left in self._pool.prefill_order(active)]
-        for (slot, job), take in self._prefill.plan(n_decode, prompts, room, time.monotonic()):
+        for (slot, job), take in self._prefill.plan(
+            n_decode, prompts, room, time.monotonic(), len(self._waiting)
+        ):
             prompt = job.handle.request.prompt
             pos = len(slot.tokens)
             for k in range(take):
