@@ -48,6 +48,13 @@ def test_in_a_storm_prompts_fill_the_batch_beside_running_streams() -> None:
     assert sum(n for _, n in taken) == 510  # three waiting beside two streams: the whole batch
 
 
+def test_admissions_that_move_kv_are_one_a_step_beside_streams_but_not_in_a_storm() -> None:
+    assert PrefillPolicy.one_move_a_step(4, n_waiting=1) is True  # streams keep their pace
+    assert PrefillPolicy.one_move_a_step(4, n_waiting=4) is True
+    assert PrefillPolicy.one_move_a_step(4, n_waiting=5) is False  # a storm: every free slot at once
+    assert PrefillPolicy.one_move_a_step(0, n_waiting=1) is False  # nobody decodes: nobody waits on it
+
+
 def test_costs_are_running_averages() -> None:
     policy = _policy(step_target=1.0)
     policy.observe(4, 0, 0.04)

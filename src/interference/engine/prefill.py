@@ -14,6 +14,9 @@ in it come out. Per step:
   requests queued for a slot) than streams decode, the time target is set aside and prompts fill the
   batch as if no stream were decoding: most of the people waiting then wait for a first token, not
   for the next one, and whole batches evaluate prompts fastest.
+- **Admission.** Taking a slot may move KV state between the pool and host RAM (saving what the slot
+  held, restoring a cached prefix). While streams decode, one such admission a step; in a storm, as
+  many as there are free slots.
 - **Order.** Shortest remaining prompt first, so a storm of new conversations sees its first tokens
   one after another instead of all at the end. A prompt's age counts against its length at the
   measured prefill rate (a prompt that has waited as long as ``n`` tokens take counts ``n`` tokens
@@ -65,11 +68,25 @@ class PrefillPolicy:
         rows = n_decode * row
         self.token_seconds = _ewma(self.token_seconds, max(seconds - rows, 0.0) / n_prompt)
 
+    @staticmethod
+    def storm(n_decode: int, n_waiting: int) -> bool:
+        """More conversations wait for their first token than streams decode: a storm, where prompts
+        fill the batch and new conversations are admitted without delay."""
+        return n_waiting > n_decode
+
+    @classmethod
+    def one_move_a_step(cls, n_decode: int, n_waiting: int) -> bool:
+        """Whether admissions stop, until the next step, after one that moved KV state between the pool
+        and host RAM (a save, a restore: milliseconds each). Yes while streams decode, so they wait at
+        most about one step more; not in a storm, where steps are long and conversations waiting
+        for a slot would wait a whole step each."""
+        return n_decode > 0 and not cls.storm(n_decode, n_waiting)
+
     def budget(self, n_decode: int, n_waiting: int = 0) -> int:
         """Prompt tokens this step may carry beside ``n_decode`` decode tokens, with ``n_waiting``
         conversations still waiting for their first token."""
         room = self.n_batch - n_decode
-        if n_decode == 0 or n_waiting > n_decode:
+        if n_decode == 0 or self.storm(n_decode, n_waiting):
             return room
         budget = self.chunk - n_decode
         if self.step_target > 0 and self.token_seconds:

@@ -208,11 +208,13 @@ class Scheduler:
                 loop.call_soon_threadsafe(RequestHandle.deliver_all, items)
 
     def _admit(self) -> None:
-        # While streams are generating, one admission per step may move state between host RAM and the
-        # KV (a save and a restore, milliseconds each): running streams wait at most about one step more.
-        streaming = any(s.job is not None and s.job.phase is Phase.GENERATE for s in self._slots)
+        # How many admissions that move KV state may come before the next step: engine/prefill.py.
+        phases = [s.job.phase for s in self._slots if s.job is not None]
+        streaming = phases.count(Phase.GENERATE)
+        waiting = len(phases) - streaming + len(self._waiting)
+        held_back = self._prefill.one_move_a_step(streaming, waiting)
         moved = False
-        while not (moved and streaming):
+        while not (moved and held_back):
             idle = [s for s in self._slots if s.job is None]
             if not idle:
                 return
