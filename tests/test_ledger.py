@@ -81,3 +81,34 @@ def test_a_round_is_written_batch_entries_a_transaction() -> None:
     ledger.close()
     assert [n for batch in batches for n in batch] == list(range(total))
     assert len(batches) >= 3 and all(0 < len(batch) <= ledger_module.BATCH for batch in batches)
+
+
+def test_an_idle_writer_sleeps_until_an_entry_comes() -> None:
+    """No rounds while nothing is queued (an idle server should not wake up 20 times a second); the
+    first entry after a quiet spell wakes the writer and is written a linger later."""
+    rounds: list[int] = []
+
+    class Counted(Ledger):
+        def _drain(self, conn: sqlite3.Connection | None, count: int) -> None:
+            rounds.append(count)
+            super()._drain(conn, count)
+
+    written: list[int] = []
+    ledger = Counted("/nonexistent/unused.db")
+    ledger.send_to(lambda batch: written.extend(e.prompt_tokens for e in batch))
+    ledger.start()
+    try:
+        time.sleep(ledger_module.LINGER * 6)
+        assert rounds == []  # six lingers with nothing queued: the writer slept through them
+        ledger.record(_entry(7))
+        assert ledger.flush(10)
+        assert written == [7]
+        seen = len(rounds)
+        time.sleep(ledger_module.LINGER * 6)
+        assert len(rounds) == seen  # idle again: asleep again
+        ledger.record(_entry(8))
+        assert ledger.flush(10)
+        assert written == [7, 8]
+    finally:
+        ledger.close()
+    assert written == [7, 8]

@@ -4,7 +4,9 @@
 the entry is dropped and counted (``dropped``), so a slow disk never stalls serving. Every ``LINGER``
 seconds the writer thread commits what queued up before that round, ``BATCH`` entries a transaction, with
 ``synchronous=NORMAL`` (WAL: a power cut may lose the last batches, never the file). A commit per
-request, and a thread wake-up per request, cost more CPU than proxying the request. ``flush`` waits
+request, and a thread wake-up per request, cost more CPU than proxying the request. With nothing queued
+the writer sleeps until the next entry comes (only that one wakes it), so an idle server does not wake
+up for it. ``flush`` waits
 for what is queued, so a report read after it includes every request that ended before it. Several
 processes that serve one application can hand their batches to a single writer instead (``send_to``).
 """
@@ -90,6 +92,9 @@ class Ledger:
         self._pending: collections.deque[LedgerEntry] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # Set by the first entry after the writer went idle (and by close): the writer's wake-up.
+        self._wake = threading.Event()
+        self._idle = False
         self.dropped = 0
         self._done = threading.Condition()
         self._queued = 0  # entries queued, and those written (or given up on)
@@ -123,6 +128,9 @@ class Ledger:
             return
         self._pending.append(entry)
         self._queued += 1
+        if self._idle:  # after the append: a writer that saw nothing queued is asleep or about to be
+            self._idle = False
+            self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the entries queued so far are written; False if that took over ``timeout``."""
@@ -133,6 +141,7 @@ class Ledger:
     def close(self) -> None:
         if self._thread is not None:
             self._stop.set()
+            self._wake.set()
             self._thread.join(timeout=10)
             self._thread = None
             with self._done:
@@ -142,6 +151,7 @@ class Ledger:
         conn = connect(self.path) if self._sink is None else None
         try:
             while True:
+                self._sleep_while_idle()
                 stopping = self._stop.wait(LINGER)
                 # What queued up before this round, and only that: under a steady load entries keep
                 # coming while a batch is written, and writing those at once made a commit (and a turn
@@ -153,6 +163,14 @@ class Ledger:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _sleep_while_idle(self) -> None:
+        """Block until an entry is queued (or ``close``): no rounds while nothing comes in."""
+        self._wake.clear()
+        self._idle = True  # before looking: an entry appended after this sets the event
+        if not self._pending and not self._stop.is_set():
+            self._wake.wait()
+        self._idle = False
 
     def _drain(self, conn: sqlite3.Connection | None, count: int) -> None:
         """Write the ``count`` oldest entries, ``BATCH`` a transaction."""
