@@ -168,3 +168,30 @@ def test_every_envelope_echoes_the_requests_instructions_and_tools() -> None:
     bare = ResponseBuilder(bare_request, {}, previous_id=None)
     echoed = orjson.loads(orjson.dumps(bare.envelope("completed", None)))
     assert echoed["instructions"] is None and echoed["tools"] == []
+
+
+def test_the_tools_echo_is_the_dump_of_the_models_whether_or_not_the_sent_objects_are_kept() -> None:
+    """A response repeats the request's tools: the objects as sent, null fields left out (a namespace's
+    tools' too, a schema's own nulls kept), equal to the models' dump that is the fallback."""
+    tools = [
+        *TOOLS,
+        {"type": "function", "name": "n", "description": None, "strict": None,
+         "parameters": {"type": "object", "properties": {"a": {"default": None}}}},
+        {"type": "namespace", "name": "ns2", "description": None,
+         "tools": [{"type": "custom", "name": "c", "format": None, "extra": None}]},
+    ]  # fmt: skip
+    body = {"model": "m", "input": "hi", "tools": tools}
+    dumped = [tool.model_dump(exclude_none=True) for tool in ResponseRequest.model_validate(body).tools or ()]
+    kept = ResponseRequest.model_validate(body)
+    kept.set_wire_body(body)
+    assert kept.tools_echo() == dumped
+    assert kept.tools_echo()[4] == {
+        "type": "function",
+        "name": "n",
+        "parameters": {"type": "object", "properties": {"a": {"default": None}}},
+    }
+    assert body["tools"][4]["description"] is None  # the sent objects are left as they were
+    from_bytes = ResponseRequest.model_validate_json(orjson.dumps(body))
+    from_bytes.set_wire_body(orjson.dumps(body))
+    assert from_bytes.tools_echo() == dumped
+    assert ResponseRequest.model_validate({"model": "m", "input": "hi"}).tools_echo() == []

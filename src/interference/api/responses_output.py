@@ -73,8 +73,7 @@ class ResponseBuilder:
         # Every envelope repeats the request's instructions and tools (three envelopes in a stream), and
         # an agent's are tens of KB: written to JSON once.
         self._instructions = orjson.Fragment(orjson.dumps(request.instructions))
-        tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
-        self._tools = orjson.Fragment(orjson.dumps(tools))
+        self._tools = orjson.Fragment(orjson.dumps(request.tools_echo()))
 
     # ------------------------------------------------------------------ the envelope
 

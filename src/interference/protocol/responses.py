@@ -305,6 +305,17 @@ class ResponseRequest(WireModel):
             return [InputMessage(role="user", content=self.input)]
         return list(self.input)
 
+    def tools_echo(self) -> list[dict[str, Any]]:
+        """The tools as a response repeats them: what ``model_dump(exclude_none=True)`` gives of each.
+
+        The objects the client sent, with their null fields left out, when they are at hand: dumping an
+        agent's tools anew costs more than the rest of a streamed response's events together.
+        """
+        sent = self.wire_field("tools")
+        if not isinstance(sent, list) or len(sent) != len(self.tools or ()):
+            return [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+        return [_without_nulls(tool) for tool in sent]
+
     @property
     def unsupported(self) -> tuple[str, str] | None:
         """The first field set that this server cannot honour: (param, why)."""
@@ -312,6 +323,15 @@ class ResponseRequest(WireModel):
             if getattr(self, name):
                 return name, f"{name} is not supported by this server"
         return None
+
+
+def _without_nulls(tool: dict[str, Any]) -> dict[str, Any]:
+    """A sent tool without its null fields (a namespace's tools' too), as a dump of its model leaves them."""
+    out = {key: value for key, value in tool.items() if value is not None}
+    inner = out.get("tools")
+    if out.get("type") == "namespace" and isinstance(inner, list):
+        out["tools"] = [_without_nulls(t) if isinstance(t, dict) else t for t in inner]
+    return out
 
 
 _ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])

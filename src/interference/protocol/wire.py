@@ -88,6 +88,12 @@ class WireModel(BaseModel):
             return None
         return with_model(raw, wire.get("model"), model)
 
+    def wire_field(self, name: str) -> Any:
+        """A top-level field of the JSON object this request was validated from, as sent (None when
+        absent, or when the request was validated from bytes): read-only, never to be changed."""
+        wire = self._private("wire")
+        return wire.get(name) if isinstance(wire, dict) else None
+
     def wire_body(self) -> dict[str, Any] | None:
         """The request as a new top-level JSON object, as sent; None when it was not kept.
 
