@@ -1,8 +1,10 @@
 """The memory budget's parts that need no server: ``--memory-budget`` values, the auto share read from
-cgroup v2, cgroup v1 or /proc/meminfo, and the prompt cache pool all local engines share."""
+cgroup v2, cgroup v1 or /proc/meminfo, the prompt cache pool all local engines share, and the model
+pool's idle sweep."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from interference.engine.cache_pool import PromptCachePool
 from interference.engine.prompt_cache import PromptCache
 from interference.memory_budget import AUTO_SHARE, auto_budget_mib, available_bytes, resolve_budget
+from interference.providers.model_pool import TTL_SWEEP, ModelPool
 from interference.settings import Settings
 
 MIB = 2**20
@@ -100,3 +103,47 @@ def test_the_shared_cache_is_safe_to_shrink_while_engines_save() -> None:
     pool.set_limit(2 * MIB)
     assert pool.held() <= 2 * MIB
     assert all(c.bytes_held >= 0 for c in caches)
+
+
+class _Member:
+    """A pool member that only records its idle unloads."""
+
+    def __init__(self, ttl: float) -> None:
+        self.model_id, self.memory_mib, self.ttl, self.last_used = "m", 1, ttl, 0.0
+        self.unloads: list[str] = []
+
+    is_evictable = True
+
+    async def unload_idle(self, *, reason: str) -> None:
+        self.unloads.append(reason)
+
+
+def test_the_idle_sweep_sleeps_until_a_model_with_a_ttl_joins() -> None:
+    """With no model that unloads on its own (the default --model-ttl 0) the sweep does not wake at
+    all; once one with a TTL is registered, it unloads after that TTL."""
+
+    async def scenario() -> tuple[int, list[str]]:
+        reads = 0
+
+        def clock() -> float:
+            nonlocal reads
+            reads += 1
+            return 100.0
+
+        pool = ModelPool(budget_mib=None, load_timeout=1.0, clock=clock)
+        pool.register(_Member(ttl=0))  # type: ignore[arg-type]
+        pool.start()
+        await asyncio.sleep(TTL_SWEEP * 3)
+        quiet = reads  # three sweep periods with no TTL anywhere: the sweep never looked
+        timed = _Member(ttl=5)
+        pool.register(timed)  # type: ignore[arg-type]
+        for _ in range(40):
+            if timed.unloads:
+                break
+            await asyncio.sleep(TTL_SWEEP / 4)
+        await pool.aclose()
+        return quiet, timed.unloads
+
+    quiet, unloads = asyncio.run(scenario())
+    assert quiet == 0
+    assert unloads == ["ttl"]  # idle since 0.0, now 100.0: past its 5 s

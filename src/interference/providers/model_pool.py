@@ -82,6 +82,7 @@ class ModelPool:
         self.members: list[PoolMember] = []
         self._changed: asyncio.Condition | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._timed: asyncio.Event | None = None  # set once a member with an idle TTL is registered
 
     @property
     def changed(self) -> asyncio.Condition:
@@ -92,6 +93,14 @@ class ModelPool:
 
     def register(self, member: PoolMember) -> None:
         self.members.append(member)
+        if member.ttl > 0:
+            self.timed.set()
+
+    @property
+    def timed(self) -> asyncio.Event:
+        if self._timed is None:
+            self._timed = asyncio.Event()
+        return self._timed
 
     def start(self) -> None:
         """Start the idle sweep (it also covers models that join later, from the models dir)."""
@@ -202,6 +211,10 @@ class ModelPool:
 
     async def _sweep(self) -> None:
         while True:
+            if not any(m.ttl > 0 for m in self.members):
+                # No model unloads on its own (--model-ttl 0, the default): nothing to check until one
+                # that does is registered, so an idle server does not wake twice a second for it.
+                await self.timed.wait()
             await asyncio.sleep(TTL_SWEEP)
             now = self.clock()
             for m in list(self.members):
