@@ -41,10 +41,10 @@ def test_in_a_storm_prompts_fill_the_batch_beside_running_streams() -> None:
     assert kept < 504  # the time target bites beside eight streams
     assert policy.budget(8, n_waiting=8) == kept  # as many waiting as decoding: streams keep their pace
     assert policy.budget(8, n_waiting=9) == 512 - 8  # more wait for a first token: the whole batch
-    queued = [("a", 300, 0.0), ("b", 300, 0.0)]
-    taken = policy.plan(2, queued, room=10_000, now=0.0, queued=0)
+    prompts = [("a", 300, 0.0), ("b", 300, 0.0)]
+    taken = policy.plan(2, prompts, room=10_000, now=0.0, n_waiting=2)
     assert sum(n for _, n in taken) == policy.budget(2) < 600  # two waiting beside two streams: target
-    taken = policy.plan(2, queued, room=10_000, now=0.0, queued=1)  # a third conversation queued
+    taken = policy.plan(2, prompts, room=10_000, now=0.0, n_waiting=3)  # a third conversation queued
     assert sum(n for _, n in taken) == 510  # three waiting beside two streams: the whole batch
 
 

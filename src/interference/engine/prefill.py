@@ -100,11 +100,17 @@ class PrefillPolicy:
         return sorted(prompts, key=lambda p: (p[1] - rate * (now - p[2]), p[2]))
 
     def plan(
-        self, n_decode: int, prompts: Sequence[tuple[T, int, float]], room: int, now: float, queued: int = 0
+        self,
+        n_decode: int,
+        prompts: Sequence[tuple[T, int, float]],
+        room: int,
+        now: float,
+        n_waiting: int = 0,
     ) -> list[tuple[T, int]]:
         """The prompts this step evaluates, each with how many of its tokens: ``room`` free KV cells
-        are reserved in the policy's order, and the budget is spent as the module docstring says."""
-        budget = self.budget(n_decode, len(prompts) + queued)
+        are reserved in the policy's order, and the budget (with ``n_waiting`` conversations waiting
+        for their first token) is spent as the module docstring says."""
+        budget = self.budget(n_decode, n_waiting)
         out: list[tuple[T, int]] = []
         for item, left, _ in self.order(prompts, now):
             room -= left

@@ -209,10 +209,10 @@ class Scheduler:
 
     def _admit(self) -> None:
         # How many admissions that move KV state may come before the next step: engine/prefill.py.
-        phases = [s.job.phase for s in self._slots if s.job is not None]
-        streaming = phases.count(Phase.GENERATE)
-        waiting = len(phases) - streaming + len(self._waiting)
-        held_back = self._prefill.one_move_a_step(streaming, waiting)
+        active = [s for s in self._slots if s.job is not None]
+        streaming = sum(1 for s in active if s.job is not None and s.job.phase is Phase.GENERATE)
+        prompts = self._pool.prefill_order(active)
+        held_back = self._prefill.one_move_a_step(streaming, len(prompts) + len(self._waiting))
         moved = False
         while not (moved and held_back):
             idle = [s for s in self._slots if s.job is None]
@@ -315,9 +315,10 @@ class Scheduler:
         # How much of which prompts this step evaluates: engine/prefill.py.
         room = free - n_decode  # cells left in the pool for prompts
         prompts = [((slot, job), left, job.started) for slot, job, left in self._pool.prefill_order(active)]
-        for (slot, job), take in self._prefill.plan(
-            n_decode, prompts, room, time.monotonic(), len(self._waiting)
-        ):
+        # Conversations waiting for a first token: these prompts (a request's other choices, which copy
+        # their leader's, not counted) and the requests queued for a slot.
+        n_waiting = len(prompts) + len(self._waiting)
+        for (slot, job), take in self._prefill.plan(n_decode, prompts, room, time.monotonic(), n_waiting):
             prompt = job.handle.request.prompt
             pos = len(slot.tokens)
             for k in range(take):

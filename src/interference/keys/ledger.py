@@ -6,9 +6,9 @@ seconds the writer thread commits what queued up before that round, ``BATCH`` en
 ``synchronous=NORMAL`` (WAL: a power cut may lose the last batches, never the file). A commit per
 request, and a thread wake-up per request, cost more CPU than proxying the request. With nothing queued
 the writer sleeps until the next entry comes (only that one wakes it), so an idle server does not wake
-up for it. ``flush`` waits
-for what is queued, so a report read after it includes every request that ended before it. Several
-processes that serve one application can hand their batches to a single writer instead (``send_to``).
+up for it. ``flush`` waits for what is queued, so a report read after it includes every request that
+ended before it. Several processes that serve one application can hand their batches to a single
+writer instead (``send_to``).
 """
 
 from __future__ import annotations

@@ -211,10 +211,9 @@ class ModelPool:
 
     async def _sweep(self) -> None:
         while True:
-            if not any(m.ttl > 0 for m in self.members):
-                # No model unloads on its own (--model-ttl 0, the default): nothing to check until one
-                # that does is registered, so an idle server does not wake twice a second for it.
-                await self.timed.wait()
+            # Until a model that unloads on its own is registered (never, with the default --model-ttl 0)
+            # there is nothing to check: an idle server does not wake twice a second for it.
+            await self.timed.wait()
             await asyncio.sleep(TTL_SWEEP)
             now = self.clock()
             for m in list(self.members):
